@@ -1,0 +1,1 @@
+"""End-to-end pipelines a user runs as they are, composed from ``unet_monai``."""

@@ -1,0 +1,259 @@
+"""Transform chains for training, validation and inference, built from MONAI transforms.
+
+A chain is chosen by a few parameters (how to load, how to scale intensities, what size the network
+sees, how to augment) instead of being written out transform by transform in every bundle. The
+returned objects are plain MONAI ``Compose`` chains, so MONAI's ``Invertd`` can undo them.
+
+2D networks train on slices of 3D volumes: set ``slice_axis`` (0, 1 or 2, in the volume's RAS
+axes) and the training chain samples single slices from each volume; validation and inference
+chains keep the whole volume, which ``SliceInferer`` then walks slice by slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.transforms import (
+    Compose,
+    DivisiblePadd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandSpatialCropd,
+    Resized,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+    SpatialPadd,
+    SqueezeDimd,
+)
+
+INTENSITY_METHODS = ("zscore", "percentile", "range", "none")
+# NIfTI world axes: codes name the direction each axis points to (RAS+), as nibabel does.
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def load_transforms(keys: Sequence[str], reader: str | None = None, axcodes: str | None = "RAS") -> list:
+    """Read files (NIfTI, DICOM series folders, PNG / TIFF) into channel-first images.
+
+    Args:
+        keys: dictionary keys holding file paths, e.g. ``["image", "label"]``.
+        reader: a MONAI reader name ("NibabelReader", "ITKReader", "PydicomReader", "PILReader");
+            ``None`` lets MONAI pick one from the file suffix.
+        axcodes: reorient to these axis codes ("RAS"); ``None`` keeps the file's orientation (2D images).
+    """
+    transforms: list = [LoadImaged(keys=keys, reader=reader, image_only=True), EnsureChannelFirstd(keys=keys)]
+    if axcodes is not None:
+        transforms.append(Orientationd(keys=keys, axcodes=axcodes, labels=RAS_LABELS))
+    return transforms
+
+
+def intensity_transform(
+    key: str,
+    method: str = "zscore",
+    lower: float = 0.5,
+    upper: float = 99.5,
+    a_min: float = 0.0,
+    a_max: float = 1.0,
+) -> list:
+    """Scale image intensities.
+
+    Args:
+        key: the image key.
+        method: "zscore" (per image and channel mean / std), "percentile" (clip to the ``lower`` /
+            ``upper`` percentiles and scale to [0, 1], as the LV project did with 5 / 95),
+            "range" (clip ``a_min``..``a_max`` to [0, 1], e.g. CT windows) or "none".
+    """
+    if method == "zscore":
+        return [NormalizeIntensityd(keys=key, channel_wise=True)]
+    if method == "percentile":
+        return [
+            ScaleIntensityRangePercentilesd(
+                keys=key, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True, channel_wise=True
+            )
+        ]
+    if method == "range":
+        return [ScaleIntensityRanged(keys=key, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)]
+    if method == "none":
+        return []
+    raise ValueError(f"intensity method must be one of {INTENSITY_METHODS}, got {method!r}")
+
+
+def augmentation_transforms(
+    keys: Sequence[str],
+    image_key: str,
+    spatial_dims: int,
+    prob: float = 0.2,
+    rotate_degrees: float = 15.0,
+    scale: float = 0.15,
+    shear: float = 0.0,
+    flip_axes: Sequence[int] = (),
+    intensity: bool = True,
+) -> list:
+    """Random spatial and intensity augmentation for ``spatial_dims``-D samples.
+
+    Args:
+        keys: image and label keys (labels are resampled with nearest neighbour).
+        image_key: the key intensity augmentation applies to.
+        spatial_dims: 2 for slices, 3 for volumes.
+        prob: probability of each random transform.
+        rotate_degrees: maximum in-plane rotation (about every axis in 3D).
+        scale: maximum relative zoom in or out.
+        shear: maximum shear factor (0.035 is about 2 degrees).
+        flip_axes: spatial axes along which a mirror is anatomically valid.
+        intensity: add noise, scaling, shift and gamma contrast.
+    """
+    modes = ["bilinear" if key == image_key else "nearest" for key in keys]
+    angle = rotate_degrees * 3.14159265 / 180.0
+    rotate_range = [angle] if spatial_dims == 2 else [angle, angle, angle]
+    transforms: list = []
+    if rotate_degrees > 0 or scale > 0 or shear > 0:
+        transforms.append(
+            RandAffined(
+                keys=keys,
+                prob=prob,
+                rotate_range=rotate_range,
+                scale_range=[scale] * spatial_dims,
+                shear_range=[shear] * (2 if spatial_dims == 2 else 6) if shear > 0 else None,
+                mode=modes,
+                padding_mode="zeros",
+            )
+        )
+    transforms += [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in flip_axes]
+    if intensity:
+        transforms += [
+            RandGaussianNoised(keys=image_key, prob=prob, std=0.05),
+            RandScaleIntensityd(keys=image_key, prob=prob, factors=0.1),
+            RandShiftIntensityd(keys=image_key, prob=prob, offsets=0.1),
+            RandAdjustContrastd(keys=image_key, prob=prob, gamma=(0.7, 1.5)),
+        ]
+    return transforms
+
+
+def _size_transforms(keys: Sequence[str], image_key: str, resize_to: Sequence[int] | None) -> list:
+    """Resize images (bilinear) and labels (nearest) to a fixed spatial size."""
+    if resize_to is None:
+        return []
+    modes = ["bilinear" if key == image_key else "nearest" for key in keys]
+    return [Resized(keys=keys, spatial_size=list(resize_to), mode=modes)]
+
+
+def build_train_transforms(
+    image_key: str = "image",
+    label_key: str = "label",
+    reader: str | None = None,
+    axcodes: str | None = "RAS",
+    intensity: str = "zscore",
+    percentiles: Sequence[float] = (0.5, 99.5),
+    intensity_range: Sequence[float] = (0.0, 1.0),
+    resize_to: Sequence[int] | None = None,
+    slice_axis: int | None = 2,
+    roi_size: Sequence[int] = (64, 64),
+    num_samples: int = 8,
+    pos_fraction: float = 0.67,
+    augment: bool = True,
+    aug_prob: float = 0.2,
+    rotate_degrees: float = 15.0,
+    scale: float = 0.15,
+    shear: float = 0.0,
+    flip_axes: Sequence[int] = (),
+) -> Compose:
+    """Training chain: load, orient, scale, sample patches (slices for 2D networks), augment.
+
+    Args:
+        slice_axis: for a 2D network on 3D volumes, the volume axis to slice along; ``None`` when
+            the data are already 2D images or the network is 3D.
+        roi_size: the network's input size (2D in-plane size when slicing); images are padded up
+            to it and randomly cropped down to it.
+        num_samples: patches (slices) drawn per volume per iteration.
+        pos_fraction: fraction of patches centred on foreground.
+        Other arguments: see ``load_transforms``, ``intensity_transform`` and ``augmentation_transforms``.
+    """
+    keys = [image_key, label_key]
+    transforms = load_transforms(keys, reader=reader, axcodes=axcodes)
+    transforms += intensity_transform(
+        image_key, intensity, percentiles[0], percentiles[1], intensity_range[0], intensity_range[1]
+    )
+    transforms += _size_transforms(keys, image_key, resize_to)
+    transforms.append(EnsureTyped(keys=keys, dtype="float32", track_meta=False))
+    spatial_dims = len(roi_size)
+    if slice_axis is not None:
+        # Whole slices (centred on foreground with probability pos_fraction), slice axis dropped,
+        # then padded / cropped to the network's in-plane size.
+        slice_size = [-1, -1, -1]
+        slice_size[slice_axis] = 1
+        transforms += [
+            RandCropByPosNegLabeld(
+                keys=keys,
+                label_key=label_key,
+                spatial_size=slice_size,
+                pos=pos_fraction,
+                neg=1.0 - pos_fraction,
+                num_samples=num_samples,
+                allow_smaller=True,
+            ),
+            SqueezeDimd(keys=keys, dim=slice_axis + 1),
+            SpatialPadd(keys=keys, spatial_size=list(roi_size)),
+            RandSpatialCropd(keys=keys, roi_size=list(roi_size), random_size=False),
+        ]
+    else:
+        # Patches of the network's size from 2D images or 3D volumes.
+        transforms += [
+            SpatialPadd(keys=keys, spatial_size=list(roi_size)),
+            RandCropByPosNegLabeld(
+                keys=keys,
+                label_key=label_key,
+                spatial_size=list(roi_size),
+                pos=pos_fraction,
+                neg=1.0 - pos_fraction,
+                num_samples=num_samples,
+            ),
+        ]
+    if augment:
+        transforms += augmentation_transforms(
+            keys, image_key, spatial_dims, aug_prob, rotate_degrees, scale, shear, flip_axes
+        )
+    return Compose(transforms)
+
+
+def build_eval_transforms(
+    image_key: str = "image",
+    label_key: str | None = "label",
+    reader: str | None = None,
+    axcodes: str | None = "RAS",
+    intensity: str = "zscore",
+    percentiles: Sequence[float] = (0.5, 99.5),
+    intensity_range: Sequence[float] = (0.0, 1.0),
+    resize_to: Sequence[int] | None = None,
+    divisible_by: int | None = None,
+) -> Compose:
+    """Validation / inference chain: the whole image or volume, loaded, oriented and scaled.
+
+    No cropping: ``SliceInferer`` / ``SlidingWindowInferer`` pad each window to the network's
+    size themselves, and ``Invertd`` undoes the orientation (and any resize / pad) so masks
+    land on the input's grid.
+
+    Args:
+        label_key: ``None`` for inference without labels.
+        divisible_by: pad every spatial size up to a multiple of this (for networks that need it).
+        Other arguments: as in ``build_train_transforms``.
+    """
+    keys = [image_key] if label_key is None else [image_key, label_key]
+    transforms: list[MapTransform] = load_transforms(keys, reader=reader, axcodes=axcodes)
+    transforms += intensity_transform(
+        image_key, intensity, percentiles[0], percentiles[1], intensity_range[0], intensity_range[1]
+    )
+    transforms += _size_transforms(keys, image_key, resize_to)
+    if divisible_by is not None:
+        transforms.append(DivisiblePadd(keys=keys, k=divisible_by))
+    transforms.append(EnsureTyped(keys=keys, dtype="float32"))
+    return Compose(transforms)
