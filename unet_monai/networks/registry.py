@@ -7,6 +7,8 @@ only its name::
 
 - ``features``: base width, the channels of the first level; channels double at each level.
 - ``depth``: number of down-sampling steps.
+- ``norm``: "batch", "instance" or None (no normalisation), where the network supports it; each
+  factory's default is its network's own default.
 Any other keyword argument is passed through to the underlying network class.
 """
 
@@ -87,13 +89,14 @@ def ronneberger_unet(
     features: int = 32,
     depth: int = 4,
     dropout: float = 0.0,
+    norm: str | None = None,
     tile_output_size: int | None = None,
     **kwargs,
 ) -> nn.Module:
     """Ronneberger U-Net; with ``padding="valid"`` it is wrapped in OverlapTileNet (same-size output).
 
     The wrapper lets the rest of the pipeline (training loss, SliceInferer) see an output of the input's size;
-    ``tile_output_size`` is only used then. Other kwargs (norm, up_mode, padding) go to ``RonnebergerUNet``.
+    ``tile_output_size`` is only used then. Other kwargs (up_mode, padding) go to ``RonnebergerUNet``.
     """
     net = RonnebergerUNet(
         spatial_dims=spatial_dims,
@@ -102,6 +105,7 @@ def ronneberger_unet(
         depth=depth,
         features=features,
         dropout=dropout,
+        norm=norm,
         **kwargs,
     )
     if net.padding == "valid":
@@ -117,6 +121,7 @@ def monai_unet(
     features: int = 32,
     depth: int = 4,
     dropout: float = 0.0,
+    norm: str | None = "instance",
     num_res_units: int = 2,
     **kwargs,
 ) -> nn.Module:
@@ -129,6 +134,7 @@ def monai_unet(
         strides=(2,) * depth,
         num_res_units=num_res_units,
         dropout=dropout,
+        norm=norm,
         **kwargs,
     )
 
@@ -141,9 +147,12 @@ def attention_unet(
     features: int = 32,
     depth: int = 4,
     dropout: float = 0.0,
+    norm: str | None = "batch",
     **kwargs,
 ) -> nn.Module:
-    """MONAI ``AttentionUnet``, channels ``features * 2**i`` for i in 0..depth, strides 2."""
+    """MONAI ``AttentionUnet``, channels ``features * 2**i`` for i in 0..depth, strides 2 (always batch-norm)."""
+    if norm != "batch":
+        raise ValueError(f"attention_unet always uses batch norm, got norm={norm!r}.")
     return AttentionUnet(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
@@ -163,6 +172,7 @@ def basic_unet(
     features: int = 32,
     depth: int = 4,
     dropout: float = 0.0,
+    norm: str | None = "instance",
     **kwargs,
 ) -> nn.Module:
     """MONAI ``BasicUNet`` (fixed depth 4), features ``(f, f, 2f, 4f, 8f, f)``."""
@@ -175,6 +185,7 @@ def basic_unet(
         out_channels=out_channels,
         features=(f, f, 2 * f, 4 * f, 8 * f, f),
         dropout=dropout,
+        norm=norm,
         **kwargs,
     )
 
@@ -187,11 +198,14 @@ def dyn_unet(
     features: int = 32,
     depth: int = 4,
     dropout: float = 0.0,
+    norm: str = "instance",
     deep_supervision: bool = False,
     res_block: bool = False,
     **kwargs,
 ) -> nn.Module:
     """MONAI ``DynUNet`` (nnU-Net style): kernels 3, strides ``[1] + [2] * depth``, filters ``f * 2**i``."""
+    if norm is None:
+        raise ValueError("dyn_unet needs a norm ('batch' or 'instance'), got None.")
     return DynUNet(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
@@ -203,6 +217,7 @@ def dyn_unet(
         dropout=dropout if dropout > 0 else None,
         deep_supervision=deep_supervision,
         res_block=res_block,
+        norm_name=norm,
         **kwargs,
     )
 
@@ -215,11 +230,14 @@ def segresnet(
     features: int = 32,
     depth: int = 4,
     dropout: float = 0.0,
+    norm: str | tuple = ("group", {"num_groups": 8}),
     blocks_down: tuple[int, ...] | None = None,
     blocks_up: tuple[int, ...] | None = None,
     **kwargs,
 ) -> nn.Module:
     """MONAI ``SegResNet``: ``init_filters=features``, ``blocks_down`` (1, 2, 2, 4, ..) of length depth+1."""
+    if norm is None:
+        raise ValueError("segresnet needs a norm ('batch', 'instance' or 'group'), got None.")
     if blocks_down is None:
         # MONAI's default (1, 2, 2, 4), truncated or extended with 4s
         blocks_down = ((1, 2, 2) + (4,) * depth)[: depth + 1]
@@ -233,5 +251,6 @@ def segresnet(
         dropout_prob=dropout if dropout > 0 else None,
         blocks_down=blocks_down,
         blocks_up=blocks_up,
+        norm=norm,
         **kwargs,
     )

@@ -1,0 +1,130 @@
+"""The hippocampus bundle through MONAI's own bundle machinery."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigWorkflow
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import FAST_TRAIN, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, REPO_ROOT, require
+from unet_monai.bundle import load_workflow, parse_override
+from unet_monai.networks import RonnebergerUNet
+
+CONFIGS = HIPPOCAMPUS_BUNDLE / "configs"
+
+
+def test_bundle_files_and_metadata() -> None:
+    for name in ("metadata.json", "train.json", "evaluate.json", "inference.json", "logging.conf"):
+        assert (CONFIGS / name).is_file(), name
+    assert (HIPPOCAMPUS_BUNDLE / "LICENSE").is_file()
+    assert (HIPPOCAMPUS_BUNDLE / "docs" / "README.md").is_file()
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    image = meta["network_data_format"]["inputs"]["image"]
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    assert image["num_channels"] == 1
+    assert pred["num_channels"] == 3
+    assert pred["channel_def"] == {"0": "background", "1": "anterior", "2": "posterior"}
+
+
+def test_check_properties_reports_nothing_missing(tmp_path: Path, synthetic_dataset: Path) -> None:
+    for config, workflow_type in (("train", "train"), ("inference", "infer")):
+        workflow = ConfigWorkflow(
+            config_file=str(CONFIGS / f"{config}.json"),
+            meta_file=str(CONFIGS / "metadata.json"),
+            logging_file=str(CONFIGS / "logging.conf"),
+            workflow_type=workflow_type,
+            bundle_root=str(tmp_path),
+            dataset_dir=str(synthetic_dataset),
+        )
+        workflow.initialize()
+        assert workflow.check_properties() == [], config
+    evaluate = load_workflow(
+        HIPPOCAMPUS_BUNDLE, "evaluate", bundle_root=str(tmp_path), dataset_dir=str(synthetic_dataset)
+    )
+    evaluate.initialize()
+    assert evaluate.check_properties() == []
+
+
+def test_network_switches_with_one_override() -> None:
+    default = load_workflow(HIPPOCAMPUS_BUNDLE, "train")
+    assert isinstance(default.parser.get_parsed_content("network_def"), RonnebergerUNet)
+    for name, cls_name in (
+        ("attention_unet", "AttentionUnet"),
+        ("monai_unet", "UNet"),
+        ("basic_unet", "BasicUNet"),
+    ):
+        workflow = load_workflow(HIPPOCAMPUS_BUNDLE, "train", **{"network_def#name": name})
+        network = workflow.parser.get_parsed_content("network_def")
+        assert type(network).__name__ == cls_name
+        assert network(torch.zeros(2, 1, 48, 64)).shape == (2, 3, 48, 64)
+
+
+def test_one_epoch_training_on_synthetic_data_via_monai_bundle_run(
+    tmp_path: Path, synthetic_dataset: Path
+) -> None:
+    """`python -m monai.bundle run` itself, as a user types it, from the repository root."""
+    overrides = [f"--{key} {json.dumps(value)}" for key, value in FAST_TRAIN.items()]
+    command = (
+        f"{sys.executable} -m monai.bundle run --config_file {CONFIGS / 'train.json'} "
+        f"--dataset_dir {synthetic_dataset} --bundle_root {tmp_path} " + " ".join(overrides)
+    )
+    result = subprocess.run(command.split(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert "val_mean_dice" in result.stdout + result.stderr
+    events = list((tmp_path / "runs").glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard log written"
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    assert {"train_loss", "val_mean_dice", "val_dice_anterior"} <= set(accumulator.Tags()["scalars"])
+
+
+def test_one_epoch_training_on_real_hippocampus_cases(tmp_path: Path) -> None:
+    workflow = load_workflow(
+        HIPPOCAMPUS_BUNDLE,
+        "train",
+        dataset_dir=str(require(HIPPOCAMPUS)),
+        num_cases=6,
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "runs"),
+        **FAST_TRAIN,
+    )
+    workflow.initialize()
+    workflow.run()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    assert trainer.state.epoch == 1 and trainer.state.iteration == 3  # 5 training cases, batch 2
+    metrics = evaluator.state.metrics
+    assert {"val_mean_dice", "val_dice_anterior", "val_dice_posterior", "val_mean_iou"} <= set(metrics)
+    assert 0.0 <= metrics["val_mean_dice"] <= 1.0
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_evaluate_config_writes_per_case_metrics(
+    tmp_path: Path, trained_checkpoint: Path, synthetic_dataset: Path
+) -> None:
+    workflow = load_workflow(
+        HIPPOCAMPUS_BUNDLE,
+        "evaluate",
+        dataset_dir=str(synthetic_dataset),
+        ckpt_dir=str(trained_checkpoint.parent),
+        output_dir=str(tmp_path),
+        **{"network_def#features": 8},
+    )
+    workflow.initialize()
+    workflow.run()
+    rows = (tmp_path / "val_mean_dice_raw.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 1  # header + the one validation case of six
+    assert "synthetic_" in rows[1]
+    assert (tmp_path / "val_mean_dice_summary.csv").is_file()
+
+
+def test_parse_override() -> None:
+    assert parse_override("learning_rate=0.001") == ("learning_rate", 0.001)
+    assert parse_override("roi_size=[32,32]") == ("roi_size", [32, 32])
+    assert parse_override("network_def#name=monai_unet") == ("network_def#name", "monai_unet")
