@@ -150,7 +150,7 @@ def attention_unet(
     norm: str | None = "batch",
     **kwargs,
 ) -> nn.Module:
-    """MONAI ``AttentionUnet``, channels ``features * 2**i`` for i in 0..depth, strides 2 (always batch-norm)."""
+    """MONAI ``AttentionUnet``: channels ``features * 2**i`` for i in 0..depth, strides 2, batch-norm."""
     if norm != "batch":
         raise ValueError(f"attention_unet always uses batch norm, got norm={norm!r}.")
     return AttentionUnet(
