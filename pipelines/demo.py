@@ -68,9 +68,8 @@ def run_demo(
     )
     print(f"[demo] done in {time.time() - start:.0f} s")
     print(f"[demo] masks:          {masks_dir}")
-    print(
-        f"[demo] metrics:        {output_dir / 'metrics' / 'metrics.csv'}, {output_dir / 'metrics' / 'summary.json'}"
-    )
+    print(f"[demo] metrics:        {output_dir / 'metrics' / 'metrics.csv'}")
+    print(f"[demo] summary:        {output_dir / 'metrics' / 'summary.json'}")
     print(f"[demo] overlay:        {overlay} (left: prediction, right: reference)")
     print(f"[demo] TensorBoard:    tensorboard --logdir {output_dir / 'runs'}")
     print(f"[demo] test Dice:      {json.dumps(summary['per_class'])}")

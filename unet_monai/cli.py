@@ -91,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unet-monai",
-        description="MONAI-based U-Net segmentation: train and run bundles, infer whole volumes, evaluate masks.",
+        description="MONAI U-Net segmentation: train and run bundles, infer whole volumes, evaluate masks.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
