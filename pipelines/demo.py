@@ -42,6 +42,7 @@ def run_demo(
         ckpt_dir=str(models_dir),
         output_dir=str(output_dir / "runs"),
         class_names=["head", "tail"],
+        val_interval=1,
         **{"train#trainer#max_epochs": epochs},
     )
     print(f"[demo] trained {epochs} epochs in {time.time() - start:.0f} s")

@@ -39,8 +39,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["dataset_dir"] = str(Path(args.data).resolve())
     if args.epochs is not None:
         overrides["train#trainer#max_epochs"] = args.epochs
-    run_workflow(args.bundle, "train", **overrides)
-    print(f"checkpoint: {Path(args.bundle).resolve() / 'models' / 'model.pt'}")
+    workflow = run_workflow(args.bundle, "train", **overrides)
+    print(f"best checkpoint: {Path(workflow.parser.get_parsed_content('ckpt_dir')) / 'model.pt'}")
     return 0
 
 

@@ -46,13 +46,13 @@ def save_overlay_png(
     if slice_index is None:
         other_axes = tuple(a for a in range(image.ndim) if a != slice_axis)
         slice_index = int(np.argmax((masks[0] > 0).sum(axis=other_axes)))
-    panels = [
-        overlay_slice(np.take(image, slice_index, axis=slice_axis), np.take(m, slice_index, axis=slice_axis))
-        for m in masks
-    ]
-    picture = np.concatenate(panels, axis=1)
-    # Array rows are the first voxel axis: transpose so the picture is not lying on its side.
-    picture = np.transpose(picture, (1, 0, 2))[::-1]
+    image_slice = np.take(image, slice_index, axis=slice_axis)
+    panels = []
+    for mask in masks:
+        rgb = overlay_slice(image_slice, np.take(mask, slice_index, axis=slice_axis))
+        # Array rows are the first voxel axis: transpose and flip so the picture is upright.
+        panels.append(np.transpose(rgb, (1, 0, 2))[::-1])
+    picture = np.ascontiguousarray(np.concatenate(panels, axis=1))
     scale = max(1, 256 // picture.shape[0])
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
