@@ -143,3 +143,25 @@ def test_evaluate_error_is_one_clear_line(tmp_path: Path, capsys: pytest.Capture
                  "--output", str(tmp_path / "out")])  # fmt: skip
     assert code == 2
     assert "case" in capsys.readouterr().err
+
+
+def test_train_errors_inside_bundle_configs_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train = ["train", "--bundle", str(HIPPOCAMPUS_BUNDLE), "--epochs", "1"]
+    assert main([*train, "--data", str(tmp_path / "nowhere")]) == 2
+    assert "no dataset.json" in capsys.readouterr().err
+    code = main(
+        [
+            *train,
+            "--data",
+            str(require(HIPPOCAMPUS)),
+            "--set",
+            "num_cases=4",
+            "--set",
+            "network_def#name=vnet_typo",
+        ]
+    )
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "unknown network 'vnet_typo'" in error and "ronneberger_unet" in error

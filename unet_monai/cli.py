@@ -154,13 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost error: MONAI's config parser wraps what a config expression raised in RuntimeErrors."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        cause = _root_cause(error)
+        if isinstance(cause, (FileNotFoundError, ValueError)):
+            print(f"error: {cause}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -17,19 +17,11 @@ import numpy as np
 from monai.data import MetaTensor
 from monai.transforms import LoadImage
 
+from unet_monai.data.datalists import NIFTI_SUFFIXES, case_name
 from unet_monai.metrics import METRICS, case_metrics
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Accepted prediction names for a case: "<case>", "<case>_seg" (MONAI SaveImage's default) or "<case>_pred".
 PREDICTION_POSTFIXES = ("", "_seg", "_pred")
-
-
-def _case_name(path: Path) -> str:
-    """File name without its NIfTI suffix."""
-    for suffix in NIFTI_SUFFIXES:
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)]
-    raise ValueError(f"Not a NIfTI file: {path}")
 
 
 def _find_prediction(pred_dir: Path, case: str) -> Path | None:
@@ -51,7 +43,7 @@ def _match_cases(pred_dir: Path, label_dir: Path) -> list[tuple[str, Path, Path]
     pairs = []
     missing = []
     for reference in references:
-        case = _case_name(reference)
+        case = case_name(reference)
         prediction = _find_prediction(pred_dir, case)
         if prediction is None:
             missing.append(case)
