@@ -24,6 +24,7 @@ def test_msd_datalist_reads_real_hippocampus_dataset() -> None:
     items = msd_datalist(require(HIPPOCAMPUS))
     assert len(items) == 203
     assert all(Path(item["image"]).is_file() and Path(item["label"]).is_file() for item in items)
+    assert all(Path(item["image"]).is_absolute() for item in items)
     assert case_name(items[0]["image"]) == case_name(items[0]["label"]) == "hippocampus_001"
     assert msd_label_names(HIPPOCAMPUS) == {0: "background", 1: "Anterior", 2: "Posterior"}
 

@@ -34,7 +34,7 @@ def msd_datalist(dataset_dir: str | Path, section: str = "training") -> list[dic
         dataset_dir: folder holding ``dataset.json``, ``imagesTr/`` and ``labelsTr/``.
         section: "training" (image + label) or "test" (image only).
     """
-    dataset_json = Path(dataset_dir) / "dataset.json"
+    dataset_json = Path(dataset_dir).resolve() / "dataset.json"
     if not dataset_json.is_file():
         raise FileNotFoundError(f"{dataset_json}: no dataset.json in {dataset_dir} (expected the MSD layout)")
     items = load_decathlon_datalist(str(dataset_json), is_segmentation=True, data_list_key=section)
