@@ -22,7 +22,7 @@ BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundles" / "hippocampus_unet
 
 def run_demo(
     output_dir: Path = Path("demo_output"),
-    epochs: int = 8,
+    epochs: int = 20,
     num_cases: int = 24,
     num_test: int = 4,
     bundle_dir: Path = BUNDLE_DIR,
@@ -81,7 +81,7 @@ def run_demo(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default="demo_output")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--cases", type=int, default=24)
     args = parser.parse_args(argv)
     run_demo(Path(args.output), args.epochs, args.cases)

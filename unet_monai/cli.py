@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "volumes slice by slice, evaluate, and print where the masks, metrics and overlay are.",
     )
     demo.add_argument("--output", default="demo_output", help="folder for everything the demo writes")
-    demo.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
+    demo.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
     demo.add_argument("--cases", type=int, default=24, help="synthetic volumes to make (default 24)")
     demo.set_defaults(func=cmd_demo)
 

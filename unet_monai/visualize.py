@@ -10,15 +10,19 @@ from monai.visualize import blend_images
 from PIL import Image
 
 
-def overlay_slice(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 (H, W, 3) of a 2D image slice with a label slice blended on top (MONAI ``blend_images``)."""
+def overlay_slice(image: np.ndarray, mask: np.ndarray, max_label: int, alpha: float = 0.5) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of a 2D image slice with a label slice blended on top (MONAI ``blend_images``).
+
+    Labels 1..max_label are spread over the first 70 % of the HSV colour map (green, blue, ...), so
+    neighbouring classes get distinct colours and a label has the same colour in every panel.
+    Background (label 0) stays uncoloured.
+    """
     image = image.astype(np.float32)
     low, high = np.percentile(image, [1, 99])
     image = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
-    rgb = blend_images(
-        image[None], mask[None].astype(np.float32), alpha=alpha, cmap="hsv", rescale_arrays=False
-    )
-    return (np.moveaxis(np.asarray(rgb), 0, -1) * 255).astype(np.uint8)
+    colours = mask.astype(np.float32) / max(max_label, 1) * 0.7
+    rgb = blend_images(image[None], colours[None], alpha=alpha, cmap="hsv", rescale_arrays=False)
+    return (np.clip(np.moveaxis(np.asarray(rgb), 0, -1), 0, 1) * 255).astype(np.uint8)
 
 
 def save_overlay_png(
@@ -47,9 +51,10 @@ def save_overlay_png(
         other_axes = tuple(a for a in range(image.ndim) if a != slice_axis)
         slice_index = int(np.argmax((masks[0] > 0).sum(axis=other_axes)))
     image_slice = np.take(image, slice_index, axis=slice_axis)
+    max_label = max(int(mask.max()) for mask in masks)
     panels = []
     for mask in masks:
-        rgb = overlay_slice(image_slice, np.take(mask, slice_index, axis=slice_axis))
+        rgb = overlay_slice(image_slice, np.take(mask, slice_index, axis=slice_axis), max_label)
         # Array rows are the first voxel axis: transpose and flip so the picture is upright.
         panels.append(np.transpose(rgb, (1, 0, 2))[::-1])
     picture = np.ascontiguousarray(np.concatenate(panels, axis=1))
