@@ -11,6 +11,7 @@ chains keep the whole volume, which ``SliceInferer`` then walks slice by slice.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from monai.transforms import (
@@ -113,7 +114,7 @@ def augmentation_transforms(
         intensity: add noise, scaling, shift and gamma contrast.
     """
     modes = ["bilinear" if key == image_key else "nearest" for key in keys]
-    angle = rotate_degrees * 3.14159265 / 180.0
+    angle = math.radians(rotate_degrees)
     rotate_range = [angle] if spatial_dims == 2 else [angle, angle, angle]
     transforms: list = []
     if rotate_degrees > 0 or scale > 0 or shear > 0:
