@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from monai.inferers import SliceInferer, SlidingWindowInferer
+from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
+
+from unet_monai.inference.tta import MirrorTTAInferer
 
 
 def volume_inferer(
@@ -14,7 +16,8 @@ def volume_inferer(
     overlap: float = 0.25,
     mode: str = "gaussian",
     progress: bool = False,
-) -> SlidingWindowInferer:
+    mirror_axes: Sequence[int] = (),
+) -> Inferer:
     """The MONAI inferer that applies a network to a whole volume.
 
     A 2D ``roi_size`` with a ``slice_axis`` gives a ``SliceInferer``: every slice along that axis
@@ -30,7 +33,24 @@ def volume_inferer(
         overlap: fraction by which neighbouring windows overlap.
         mode: "gaussian" or "constant" blending of overlapping windows.
         progress: show a progress bar over the windows of each volume.
+        mirror_axes: mirror test-time augmentation along these volume axes (``MirrorTTAInferer``);
+            the output is then log-probabilities (a softmax downstream gives the averaged probabilities).
     """
+    inferer = _window_inferer(roi_size, slice_axis, sw_batch_size, overlap, mode, progress)
+    if mirror_axes:
+        return MirrorTTAInferer(inferer, spatial_axes=mirror_axes)
+    return inferer
+
+
+def _window_inferer(
+    roi_size: Sequence[int],
+    slice_axis: int | None,
+    sw_batch_size: int,
+    overlap: float,
+    mode: str,
+    progress: bool,
+) -> SlidingWindowInferer:
+    """SliceInferer for 2D roi sizes with a slice axis, SlidingWindowInferer for 3D ones."""
     roi_size = list(roi_size)
     if slice_axis is None:
         if len(roi_size) != 3:

@@ -8,9 +8,13 @@ from unet_monai.transforms.chains import (
     intensity_transform,
     load_transforms,
 )
+from unet_monai.transforms.slices import StackNeighbourSlicesd, neighbour_channels, stack_neighbour_slices
 
 __all__ = [
     "INTENSITY_METHODS",
+    "StackNeighbourSlicesd",
+    "neighbour_channels",
+    "stack_neighbour_slices",
     "augmentation_transforms",
     "build_eval_transforms",
     "build_train_transforms",

@@ -38,6 +38,8 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
+from unet_monai.transforms.slices import StackNeighbourSlicesd
+
 INTENSITY_METHODS = ("zscore", "percentile", "range", "none")
 # NIfTI world axes: codes name the direction each axis points to (RAS+), as nibabel does.
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -148,6 +150,15 @@ def _size_transforms(keys: Sequence[str], image_key: str, resize_to: Sequence[in
     return [Resized(keys=keys, spatial_size=list(resize_to), mode=modes)]
 
 
+def _neighbour_transforms(image_key: str, slice_axis: int | None, neighbours: int) -> list:
+    """Stack neighbouring slices as channels for 2.5D input (nothing when ``neighbours`` is 0)."""
+    if neighbours == 0:
+        return []
+    if slice_axis is None:
+        raise ValueError(f"neighbours={neighbours} (2.5D input) needs a slice_axis")
+    return [StackNeighbourSlicesd(keys=image_key, slice_axis=slice_axis, neighbours=neighbours)]
+
+
 def build_train_transforms(
     image_key: str = "image",
     label_key: str = "label",
@@ -158,6 +169,7 @@ def build_train_transforms(
     intensity_range: Sequence[float] = (0.0, 1.0),
     resize_to: Sequence[int] | None = None,
     slice_axis: int | None = 2,
+    neighbours: int = 0,
     roi_size: Sequence[int] = (64, 64),
     num_samples: int = 8,
     pos_fraction: float = 0.67,
@@ -173,6 +185,8 @@ def build_train_transforms(
     Args:
         slice_axis: for a 2D network on 3D volumes, the volume axis to slice along; ``None`` when
             the data are already 2D images or the network is 3D.
+        neighbours: 2.5D input: slices on each side of a slice stacked as extra channels
+            (``StackNeighbourSlicesd``); the network needs ``in_channels * (2 * neighbours + 1)`` inputs.
         roi_size: the network's input size (2D in-plane size when slicing); images are padded up
             to it and randomly cropped down to it.
         num_samples: patches (slices) drawn per volume per iteration.
@@ -185,6 +199,7 @@ def build_train_transforms(
         image_key, intensity, percentiles[0], percentiles[1], intensity_range[0], intensity_range[1]
     )
     transforms += _size_transforms(keys, image_key, resize_to)
+    transforms += _neighbour_transforms(image_key, slice_axis, neighbours)
     transforms.append(EnsureTyped(keys=keys, dtype="float32", track_meta=False))
     spatial_dims = len(roi_size)
     if slice_axis is not None:
@@ -236,6 +251,8 @@ def build_eval_transforms(
     intensity_range: Sequence[float] = (0.0, 1.0),
     resize_to: Sequence[int] | None = None,
     divisible_by: int | None = None,
+    slice_axis: int | None = None,
+    neighbours: int = 0,
 ) -> Compose:
     """Validation / inference chain: the whole image or volume, loaded, oriented and scaled.
 
@@ -246,6 +263,7 @@ def build_eval_transforms(
     Args:
         label_key: ``None`` for inference without labels.
         divisible_by: pad every spatial size up to a multiple of this (for networks that need it).
+        slice_axis, neighbours: 2.5D input, as in ``build_train_transforms`` (must match training).
         Other arguments: as in ``build_train_transforms``.
     """
     keys = [image_key] if label_key is None else [image_key, label_key]
@@ -256,5 +274,6 @@ def build_eval_transforms(
     transforms += _size_transforms(keys, image_key, resize_to)
     if divisible_by is not None:
         transforms.append(DivisiblePadd(keys=keys, k=divisible_by))
+    transforms += _neighbour_transforms(image_key, slice_axis, neighbours)
     transforms.append(EnsureTyped(keys=keys, dtype="float32"))
     return Compose(transforms)
