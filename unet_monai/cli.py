@@ -66,10 +66,23 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from unet_monai.evaluate import evaluate_folders
 
-    summary = evaluate_folders(args.pred, args.label, args.output, args.num_classes, args.class_names)
+    summary = evaluate_folders(
+        args.pred,
+        args.label,
+        args.output,
+        args.num_classes,
+        args.class_names,
+        images=args.images,
+        log_dir=args.log_dir,
+    )
     print(json.dumps({"num_cases": summary["num_cases"], "mean": summary["mean"]}, indent=2))
     print(f"per-case metrics: {Path(args.output) / 'metrics.csv'}")
     print(f"summary: {Path(args.output) / 'summary.json'}")
+    for name, path in summary["figures"].items():
+        case = summary["overlay_cases"].get(name.removeprefix("overlay_"))
+        print(f"{name}: {path}" + (f" ({case})" if case else ""))
+    if args.log_dir is not None and "training_curves" not in summary["figures"]:
+        print(f"no training curves: no TensorBoard scalars in {args.log_dir}")
     return 0
 
 
@@ -136,15 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="per-case and mean Dice / IoU of predicted masks against reference labels",
+        help="per-case and mean Dice / IoU / precision / recall / HD95 of predicted masks against labels",
         description="Match predictions (<case>.nii.gz or <case>_seg.nii.gz) to labels (<case>.nii.gz) and "
-        "write OUTPUT/metrics.csv (per case) and OUTPUT/summary.json (per class and mean).",
+        "write OUTPUT/metrics.csv (per case) and OUTPUT/summary.json (per class and mean). HD95 is in mm, "
+        "from the labels' voxel spacing. Optionally draw figures of the best, median and worst case "
+        "(--images) and of the training curves (--log-dir).",
     )
     evaluate.add_argument("--pred", required=True, help="folder of predicted label maps")
     evaluate.add_argument("--label", required=True, help="folder of reference label maps")
-    evaluate.add_argument("--output", required=True, help="folder for metrics.csv and summary.json")
+    evaluate.add_argument("--output", required=True, help="folder for metrics.csv, summary.json and figures")
     evaluate.add_argument("--num-classes", type=int, help="classes including background (default: from data)")
     evaluate.add_argument("--class-names", nargs="+", help="names of the foreground classes, in label order")
+    evaluate.add_argument(
+        "--images",
+        metavar="DIR",
+        help="folder of the images (<case>.nii.gz, on the labels' grid): writes OUTPUT/overlay_best.png, "
+        "overlay_median.png and overlay_worst.png, the cases of highest, median and lowest mean Dice, each "
+        "at its slice with the most reference foreground (panels: image, prediction, reference)",
+    )
+    evaluate.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help="TensorBoard folder of the training run (e.g. BUNDLE/runs): writes OUTPUT/training_curves.png "
+        "(training loss per iteration, validation Dice per class and mean per epoch)",
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     networks = commands.add_parser(

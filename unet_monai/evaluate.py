@@ -1,8 +1,9 @@
 """Compare a folder of predicted label maps with a folder of reference label maps.
 
-Writes ``metrics.csv`` (one row per case) and ``summary.json`` (per-class mean/std, overall means and the
+Writes ``metrics.csv`` (one row per case) and ``summary.json`` (per-class and overall statistics and the
 per-case values), in the spirit of nnU-Net v2's ``evaluate_predictions.py``. The metrics are those of
-``unet_monai.metrics.METRICS``.
+``unet_monai.metrics.METRICS``; HD95 is in mm, from the spacing of each reference's affine. Optionally also
+draws figures (``unet_monai.report``): the best, median and worst case by mean Dice, and training curves.
 """
 
 import csv
@@ -11,12 +12,15 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.transforms import LoadImage
 
+from unet_monai import report
 from unet_monai.data.datalists import NIFTI_SUFFIXES, case_name
 from unet_monai.metrics import METRICS, case_metrics
 
@@ -35,9 +39,17 @@ def _find_prediction(pred_dir: Path, case: str) -> Path | None:
     return found[0] if found else None
 
 
-def _match_cases(pred_dir: Path, label_dir: Path) -> list[tuple[str, Path, Path]]:
-    """``(case, prediction file, reference file)`` for every reference label map, sorted by case."""
+def _match_cases(
+    pred_dir: Path, label_dir: Path, cases: list[str] | None = None
+) -> list[tuple[str, Path, Path]]:
+    """``(case, prediction file, reference file)`` for every reference label map (or only ``cases``)."""
     references = sorted(p for p in label_dir.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+    if cases is not None:
+        by_case = {case_name(p): p for p in references}
+        unknown = [case for case in cases if case not in by_case]
+        if unknown:
+            raise FileNotFoundError(f"No reference label map in {label_dir} for: {', '.join(unknown)}.")
+        references = [by_case[case] for case in sorted(set(cases))]
     if not references:
         raise ValueError(f"No reference label maps (*.nii.gz / *.nii) in {label_dir}.")
     pairs = []
@@ -55,6 +67,31 @@ def _match_cases(pred_dir: Path, label_dir: Path) -> list[tuple[str, Path, Path]
             "(looked for <case>.nii.gz, <case>_seg.nii.gz and <case>_pred.nii.gz)."
         )
     return pairs
+
+
+def _find_images(images: str | Path | Mapping[str, str | Path], cases: list[str]) -> dict[str, Path]:
+    """The image of each case: ``images[case]`` for a mapping, ``<folder>/<case>.nii(.gz)`` for a folder."""
+    found: dict[str, Path] = {}
+    missing = []
+    for case in cases:
+        if isinstance(images, Mapping):
+            candidates = [Path(images[case])] if case in images else []
+        else:
+            candidates = [Path(images) / f"{case}{suffix}" for suffix in NIFTI_SUFFIXES]
+        existing = [path for path in candidates if path.is_file()]
+        if existing:
+            found[case] = existing[0]
+        else:
+            missing.append(case)
+    if missing:
+        where = "the given image mapping" if isinstance(images, Mapping) else str(images)
+        raise FileNotFoundError(f"No image in {where} for {len(missing)} case(s): {', '.join(missing)}.")
+    return found
+
+
+def _spacing(reference: MetaTensor) -> list[float]:
+    """Voxel size in mm along each array axis: the column norms of the affine's rotation-zoom part."""
+    return [float(s) for s in affine_to_spacing(reference.affine, r=reference.ndim)]
 
 
 def _load(path: Path) -> MetaTensor:
@@ -90,6 +127,17 @@ def _nanstd(values: list[float]) -> float:
     return float(np.std(kept)) if kept else math.nan
 
 
+def _nanmedian(values: list[float]) -> float:
+    """Median of the non-NaN values; NaN when there are none."""
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.median(kept)) if kept else math.nan
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    """Mean, population std and median of the non-NaN values."""
+    return {"mean": _nanmean(values), "std": _nanstd(values), "median": _nanmedian(values)}
+
+
 def _nan_to_none(value: object) -> object:
     """Copy of a nested dict/list structure with float NaN replaced by None (JSON null)."""
     if isinstance(value, dict):
@@ -104,6 +152,7 @@ def _nan_to_none(value: object) -> object:
 def _write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to a temp file in the same folder, then rename it over ``path``."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp_name, 0o644)  # mkstemp makes owner-only files; reports are for everyone to read
     try:
         with os.fdopen(fd, "w", newline="") as f:
             f.write(text)
@@ -122,23 +171,82 @@ def _max_label(pairs: list[tuple[str, Path, Path]]) -> int:
     return largest
 
 
+def _ranked_cases(rows: list[dict]) -> dict[str, str]:
+    """The best, median and worst case by mean Dice (cases whose mean Dice is NaN are left out)."""
+    scored = sorted((row["dice_mean"], row["case"]) for row in rows if not math.isnan(row["dice_mean"]))
+    if not scored:
+        return {}
+    return {"best": scored[-1][1], "median": scored[(len(scored) - 1) // 2][1], "worst": scored[0][1]}
+
+
+def _draw_overlays(
+    ranked: dict[str, str],
+    rows: list[dict],
+    pairs: list[tuple[str, Path, Path]],
+    image_paths: dict[str, Path],
+    class_names: list[str],
+    output_dir: Path,
+) -> dict[str, str]:
+    """``overlay_<rank>.png`` for each ranked case; returns ``{"overlay_<rank>": path}``."""
+    files = {case: (prediction, reference) for case, prediction, reference in pairs}
+    row_of = {row["case"]: row for row in rows}
+    figures = {}
+    for rank, case in ranked.items():
+        pred_path, ref_path = files[case]
+        image = _load(image_paths[case])
+        reference = _load(ref_path)
+        if image.shape != reference.shape:
+            raise ValueError(
+                f"Image {image_paths[case]} has shape {tuple(image.shape)}, its reference {ref_path} has "
+                f"shape {tuple(reference.shape)}; the overlays need them on one grid."
+            )
+        dice_text = ", ".join(f"{name} {row_of[case][f'dice_{name}']:.3f}" for name in class_names)
+        path = report.save_case_figure(
+            image.numpy(),
+            _load(pred_path).numpy(),
+            reference.numpy(),
+            output_dir / f"overlay_{rank}.png",
+            title=f"{rank} case by mean Dice: {case}\nDice {dice_text}",
+            class_names=class_names,
+            spacing=_spacing(reference),
+        )
+        figures[f"overlay_{rank}"] = str(path)
+    return figures
+
+
 def evaluate_folders(
     pred_dir: str | Path,
     label_dir: str | Path,
     output_dir: str | Path,
     num_classes: int | None = None,
     class_names: list[str] | None = None,
+    cases: list[str] | None = None,
+    images: str | Path | Mapping[str, str | Path] | None = None,
+    log_dir: str | Path | None = None,
 ) -> dict:
-    """Evaluate every reference label map of ``label_dir`` against its prediction in ``pred_dir``.
+    """Evaluate the reference label maps of ``label_dir`` against their predictions in ``pred_dir``.
 
     A prediction for case ``<case>`` (reference ``<case>.nii.gz``) is ``<case>.nii.gz``,
     ``<case>_seg.nii.gz`` or ``<case>_pred.nii.gz`` (``.nii`` also accepted); extra predictions are ignored.
-    ``num_classes`` (background included) defaults to ``len(class_names) + 1`` when names are given, else to
-    the largest label value found in the references and predictions + 1. ``class_names`` name the
-    foreground classes 1..C-1 (default ``class_1``, ...).
 
-    Writes ``output_dir/metrics.csv`` and ``output_dir/summary.json`` (NaN written as null) and returns the
-    summary dict (NaN kept as float NaN). Per-class means/stds skip NaN cases (class empty in the reference).
+    Args:
+        pred_dir, label_dir: folders of predicted and reference label maps (same shape and affine per case).
+        output_dir: where ``metrics.csv``, ``summary.json`` and the figures go.
+        num_classes: classes including background; default ``len(class_names) + 1`` when names are given,
+            else the largest label value found in the references and predictions + 1.
+        class_names: names of the foreground classes 1..C-1 (default ``class_1``, ...).
+        cases: evaluate only these cases (reference names without suffix); default every reference.
+        images: a folder holding ``<case>.nii.gz`` images, or a ``{case: image path}`` mapping. When given,
+            writes ``overlay_best.png``, ``overlay_median.png`` and ``overlay_worst.png``: the cases with the
+            highest, median and lowest mean Dice, at their slice with the most reference foreground.
+        log_dir: a training run's TensorBoard folder; when it holds event files, writes
+            ``training_curves.png`` (train loss, validation Dice per class and mean).
+
+    Returns the summary dict (NaN kept as float NaN), also written to ``summary.json`` (NaN as null):
+    ``per_class[name][metric]`` and ``case_mean[metric]`` hold ``mean`` / ``std`` / ``median`` over the
+    cases, skipping NaN (``case_mean`` summarises each case's mean over its classes, the ``<metric>_mean``
+    CSV column); ``mean[metric]`` is the mean of the per-class means; ``cases`` holds the CSV rows;
+    ``figures`` maps figure names to the PNG files written; ``overlay_cases`` names the case of each overlay.
     """
     pred_dir = Path(pred_dir)
     label_dir = Path(label_dir)
@@ -148,7 +256,9 @@ def evaluate_folders(
     if not label_dir.is_dir():
         raise FileNotFoundError(f"Reference label folder not found: {label_dir}")
 
-    pairs = _match_cases(pred_dir, label_dir)
+    pairs = _match_cases(pred_dir, label_dir, cases)
+    # Look for every image before the long metric loop, so that a missing one fails at once.
+    image_paths = _find_images(images, [case for case, _, _ in pairs]) if images is not None else {}
     if num_classes is None:
         num_classes = len(class_names) + 1 if class_names is not None else _max_label(pairs) + 1
     if num_classes < 2:
@@ -169,7 +279,8 @@ def evaluate_folders(
         reference = _load(ref_path)
         _check_geometry(prediction, reference, pred_path, ref_path)
         try:
-            values = case_metrics(prediction, reference, num_classes)
+            # An explicit channel dim, so that a first spatial dim of size 1 is never taken for a channel.
+            values = case_metrics(prediction[None], reference[None], num_classes, _spacing(reference))
         except ValueError as err:
             raise ValueError(f"Case {case!r} ({pred_path} vs {ref_path}): {err}") from err
         row: dict = {"case": case}
@@ -181,13 +292,7 @@ def evaluate_folders(
         rows.append(row)
 
     per_class = {
-        name: {
-            metric: {
-                "mean": _nanmean([row[f"{metric}_{name}"] for row in rows]),
-                "std": _nanstd([row[f"{metric}_{name}"] for row in rows]),
-            }
-            for metric in METRICS
-        }
+        name: {metric: _stats([row[f"{metric}_{name}"] for row in rows]) for metric in METRICS}
         for name in class_names
     }
     summary = {
@@ -197,6 +302,7 @@ def evaluate_folders(
         "mean": {
             metric: _nanmean([per_class[name][metric]["mean"] for name in class_names]) for metric in METRICS
         },
+        "case_mean": {metric: _stats([row[f"{metric}_mean"] for row in rows]) for metric in METRICS},
         "cases": rows,
     }
 
@@ -206,6 +312,19 @@ def evaluate_folders(
     writer.writeheader()
     writer.writerows(rows)
     _write_atomic(output_dir / "metrics.csv", csv_text.getvalue())
+
+    figures: dict[str, str] = {}
+    overlay_cases: dict[str, str] = {}
+    if images is not None:
+        overlay_cases = _ranked_cases(rows)
+        figures.update(_draw_overlays(overlay_cases, rows, pairs, image_paths, class_names, output_dir))
+    if log_dir is not None:
+        curves = report.save_training_curves(log_dir, output_dir / "training_curves.png")
+        if curves is not None:
+            figures["training_curves"] = str(curves)
+    summary["figures"] = figures
+    summary["overlay_cases"] = overlay_cases
+    # summary.json last: once it exists, the CSV and the figures are complete.
     _write_atomic(
         output_dir / "summary.json", json.dumps(_nan_to_none(summary), indent=2, allow_nan=False) + "\n"
     )

@@ -3,15 +3,71 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import torch
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
+from monai.utils import convert_to_dst_type
 
 from unet_monai.inference.tta import MirrorTTAInferer
+from unet_monai.transforms.slices import stack_neighbour_slices
+
+
+class SliceEnsembleInferer(Inferer):
+    """A 2D network over a volume along one or more slice axes, with neighbouring slices as channels.
+
+    For each axis the volume's slices (each with ``neighbours`` slices on either side stacked as
+    channels, as in training) go through MONAI's ``SliceInferer``; the softmax probabilities of the
+    axes are averaged (multi-axis fusion). The output is the log of that average, so a downstream
+    softmax gives the fused probabilities back.
+
+    Args:
+        roi_size: the network's 2D input size; large enough for the slices of every axis, or they are tiled.
+        slice_axes: volume axes to slice along, e.g. ``[2]`` or ``[0, 1, 2]``.
+        neighbours: slices on each side stacked as channels (0: plain 2D).
+        sw_batch_size, overlap, mode, progress: as for ``SliceInferer``.
+    """
+
+    def __init__(
+        self,
+        roi_size: Sequence[int],
+        slice_axes: Sequence[int],
+        neighbours: int = 0,
+        sw_batch_size: int = 64,
+        overlap: float = 0.25,
+        mode: str = "gaussian",
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        self.slice_axes = list(slice_axes)
+        self.neighbours = neighbours
+        self.inferers = [
+            SliceInferer(
+                roi_size=list(roi_size),
+                spatial_dim=axis,
+                sw_batch_size=sw_batch_size,
+                overlap=overlap,
+                mode=mode,
+                progress=progress,
+            )
+            for axis in self.slice_axes
+        ]
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        total = None
+        for axis, inferer in zip(self.slice_axes, self.inferers, strict=True):
+            stacked = torch.stack([stack_neighbour_slices(item, axis, self.neighbours) for item in inputs])
+            probabilities = torch.softmax(inferer(stacked, network, *args, **kwargs), dim=1)
+            total = probabilities if total is None else total + probabilities
+        fused = torch.log((total / len(self.slice_axes)).clamp_min(1e-8))
+        # Carry the input's metadata (affine, applied transforms) as MONAI's own inferers do.
+        return convert_to_dst_type(fused, inputs)[0]
 
 
 def volume_inferer(
     roi_size: Sequence[int],
-    slice_axis: int | None = 2,
+    slice_axis: int | Sequence[int] | None = 2,
+    neighbours: int = 0,
     sw_batch_size: int = 64,
     overlap: float = 0.25,
     mode: str = "gaussian",
@@ -28,7 +84,9 @@ def volume_inferer(
 
     Args:
         roi_size: the network's input size: 2D for slices, 3D for volumes.
-        slice_axis: the volume's spatial axis (0, 1, 2) to slice along, or ``None`` for 3D windows.
+        slice_axis: the volume's spatial axis (0, 1, 2) to slice along, several axes to fuse
+            (``SliceEnsembleInferer``), or ``None`` for 3D windows.
+        neighbours: 2.5D input: slices on each side stacked as channels, as in training.
         sw_batch_size: windows (slices) per forward pass.
         overlap: fraction by which neighbouring windows overlap.
         mode: "gaussian" or "constant" blending of overlapping windows.
@@ -36,7 +94,17 @@ def volume_inferer(
         mirror_axes: mirror test-time augmentation along these volume axes (``MirrorTTAInferer``);
             the output is then log-probabilities (a softmax downstream gives the averaged probabilities).
     """
-    inferer = _window_inferer(roi_size, slice_axis, sw_batch_size, overlap, mode, progress)
+    if slice_axis is not None and (not isinstance(slice_axis, int) or neighbours > 0):
+        axes = [slice_axis] if isinstance(slice_axis, int) else list(slice_axis)
+        if len(roi_size) != 2 or any(axis not in (0, 1, 2) for axis in axes):
+            raise ValueError(
+                f"slice axes {axes} with roi_size {list(roi_size)}: need axes in 0..2 and a 2D roi"
+            )
+        inferer: Inferer = SliceEnsembleInferer(
+            roi_size, axes, neighbours, sw_batch_size, overlap, mode, progress
+        )
+    else:
+        inferer = _window_inferer(roi_size, slice_axis, sw_batch_size, overlap, mode, progress)
     if mirror_axes:
         return MirrorTTAInferer(inferer, spatial_axes=mirror_axes)
     return inferer

@@ -22,6 +22,7 @@ from monai.transforms import (
     LoadImaged,
     MapTransform,
     NormalizeIntensityd,
+    OneOf,
     Orientationd,
     RandAdjustContrastd,
     RandAffined,
@@ -112,7 +113,8 @@ def augmentation_transforms(
         rotate_degrees: maximum in-plane rotation (about every axis in 3D).
         scale: maximum relative zoom in or out.
         shear: maximum shear factor (0.035 is about 2 degrees).
-        flip_axes: spatial axes along which a mirror is anatomically valid.
+        flip_axes: spatial axes along which a mirror is anatomically valid (axes of the loaded
+            image or volume; volumes are mirrored before slicing).
         intensity: add noise, scaling, shift and gamma contrast.
     """
     modes = ["bilinear" if key == image_key else "nearest" for key in keys]
@@ -150,13 +152,37 @@ def _size_transforms(keys: Sequence[str], image_key: str, resize_to: Sequence[in
     return [Resized(keys=keys, spatial_size=list(resize_to), mode=modes)]
 
 
-def _neighbour_transforms(image_key: str, slice_axis: int | None, neighbours: int) -> list:
-    """Stack neighbouring slices as channels for 2.5D input (nothing when ``neighbours`` is 0)."""
-    if neighbours == 0:
-        return []
-    if slice_axis is None:
-        raise ValueError(f"neighbours={neighbours} (2.5D input) needs a slice_axis")
-    return [StackNeighbourSlicesd(keys=image_key, slice_axis=slice_axis, neighbours=neighbours)]
+def _slice_sampling(
+    keys: Sequence[str],
+    label_key: str,
+    slice_axis: int,
+    neighbours: int,
+    roi_size: Sequence[int],
+    num_samples: int,
+    pos_fraction: float,
+) -> list:
+    """Sample whole slices along ``slice_axis`` (foreground-centred with probability ``pos_fraction``),
+    with ``neighbours`` slices on each side stacked as image channels (2.5D), drop the slice axis, then
+    pad / crop to the network's in-plane ``roi_size``."""
+    image_key = keys[0]
+    slice_size = [-1, -1, -1]
+    slice_size[slice_axis] = 1
+    stacking = [StackNeighbourSlicesd(keys=image_key, slice_axis=slice_axis, neighbours=neighbours)]
+    return [
+        *(stacking if neighbours > 0 else []),
+        RandCropByPosNegLabeld(
+            keys=keys,
+            label_key=label_key,
+            spatial_size=slice_size,
+            pos=pos_fraction,
+            neg=1.0 - pos_fraction,
+            num_samples=num_samples,
+            allow_smaller=True,
+        ),
+        SqueezeDimd(keys=keys, dim=slice_axis + 1),
+        SpatialPadd(keys=keys, spatial_size=list(roi_size)),
+        RandSpatialCropd(keys=keys, roi_size=list(roi_size), random_size=False),
+    ]
 
 
 def build_train_transforms(
@@ -168,7 +194,7 @@ def build_train_transforms(
     percentiles: Sequence[float] = (0.5, 99.5),
     intensity_range: Sequence[float] = (0.0, 1.0),
     resize_to: Sequence[int] | None = None,
-    slice_axis: int | None = 2,
+    slice_axis: int | Sequence[int] | None = 2,
     neighbours: int = 0,
     roi_size: Sequence[int] = (64, 64),
     num_samples: int = 8,
@@ -183,8 +209,9 @@ def build_train_transforms(
     """Training chain: load, orient, scale, sample patches (slices for 2D networks), augment.
 
     Args:
-        slice_axis: for a 2D network on 3D volumes, the volume axis to slice along; ``None`` when
-            the data are already 2D images or the network is 3D.
+        slice_axis: for a 2D network on 3D volumes, the volume axis to slice along, or several
+            (each volume then gives slices along one of them, chosen at random); ``None`` when the
+            data are already 2D images or the network is 3D.
         neighbours: 2.5D input: slices on each side of a slice stacked as extra channels
             (``StackNeighbourSlicesd``); the network needs ``in_channels * (2 * neighbours + 1)`` inputs.
         roi_size: the network's input size (2D in-plane size when slicing); images are padded up
@@ -199,29 +226,9 @@ def build_train_transforms(
         image_key, intensity, percentiles[0], percentiles[1], intensity_range[0], intensity_range[1]
     )
     transforms += _size_transforms(keys, image_key, resize_to)
-    transforms += _neighbour_transforms(image_key, slice_axis, neighbours)
     transforms.append(EnsureTyped(keys=keys, dtype="float32", track_meta=False))
     spatial_dims = len(roi_size)
-    if slice_axis is not None:
-        # Whole slices (centred on foreground with probability pos_fraction), slice axis dropped,
-        # then padded / cropped to the network's in-plane size.
-        slice_size = [-1, -1, -1]
-        slice_size[slice_axis] = 1
-        transforms += [
-            RandCropByPosNegLabeld(
-                keys=keys,
-                label_key=label_key,
-                spatial_size=slice_size,
-                pos=pos_fraction,
-                neg=1.0 - pos_fraction,
-                num_samples=num_samples,
-                allow_smaller=True,
-            ),
-            SqueezeDimd(keys=keys, dim=slice_axis + 1),
-            SpatialPadd(keys=keys, spatial_size=list(roi_size)),
-            RandSpatialCropd(keys=keys, roi_size=list(roi_size), random_size=False),
-        ]
-    else:
+    if slice_axis is None:
         # Patches of the network's size from 2D images or 3D volumes.
         transforms += [
             SpatialPadd(keys=keys, spatial_size=list(roi_size)),
@@ -234,9 +241,20 @@ def build_train_transforms(
                 num_samples=num_samples,
             ),
         ]
+    else:
+        # Mirror whole volumes (axes of the volume, so "left-right" stays left-right whatever the
+        # slice direction), then sample slices along one axis, or along a random one of several.
+        transforms += [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in flip_axes]
+        axes = [slice_axis] if isinstance(slice_axis, int) else list(slice_axis)
+        branches = [
+            Compose(_slice_sampling(keys, label_key, axis, neighbours, roi_size, num_samples, pos_fraction))
+            for axis in axes
+        ]
+        transforms += branches if len(branches) == 1 else [OneOf(branches)]
     if augment:
+        patch_flips = flip_axes if slice_axis is None else ()
         transforms += augmentation_transforms(
-            keys, image_key, spatial_dims, aug_prob, rotate_degrees, scale, shear, flip_axes
+            keys, image_key, spatial_dims, aug_prob, rotate_degrees, scale, shear, patch_flips
         )
     return Compose(transforms)
 
@@ -251,8 +269,6 @@ def build_eval_transforms(
     intensity_range: Sequence[float] = (0.0, 1.0),
     resize_to: Sequence[int] | None = None,
     divisible_by: int | None = None,
-    slice_axis: int | None = None,
-    neighbours: int = 0,
 ) -> Compose:
     """Validation / inference chain: the whole image or volume, loaded, oriented and scaled.
 
@@ -263,7 +279,6 @@ def build_eval_transforms(
     Args:
         label_key: ``None`` for inference without labels.
         divisible_by: pad every spatial size up to a multiple of this (for networks that need it).
-        slice_axis, neighbours: 2.5D input, as in ``build_train_transforms`` (must match training).
         Other arguments: as in ``build_train_transforms``.
     """
     keys = [image_key] if label_key is None else [image_key, label_key]
@@ -274,6 +289,5 @@ def build_eval_transforms(
     transforms += _size_transforms(keys, image_key, resize_to)
     if divisible_by is not None:
         transforms.append(DivisiblePadd(keys=keys, k=divisible_by))
-    transforms += _neighbour_transforms(image_key, slice_axis, neighbours)
     transforms.append(EnsureTyped(keys=keys, dtype="float32"))
     return Compose(transforms)

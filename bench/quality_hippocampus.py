@@ -1,0 +1,94 @@
+"""Quality against training time for the hippocampus bundle: train, evaluate, print JSON.
+
+Each run trains ``bundles/hippocampus_unet2d`` with the given number of epochs (and any config
+overrides), times it, then evaluates the best checkpoint on the held-out validation cases with the
+bundle's ``evaluate.json`` (whole volumes, the inference-time settings: TTA and fusion as configured).
+Several ``--epochs`` values give the quality-vs-time curve.
+
+    python bench/quality_hippocampus.py --epochs 10 25 50 --output bench/results/quality.json
+    python bench/quality_hippocampus.py --epochs 20 --set slice_axis=[0,1,2] --set roi_size=[64,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from unet_monai.bundle import parse_override, run_workflow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = REPO_ROOT / "bundles" / "hippocampus_unet2d"
+DATA = REPO_ROOT.parent / "shared" / "data" / "msd-hippocampus"
+
+
+def train_and_evaluate(epochs: int, overrides: dict, data_dir: Path, work_dir: Path) -> dict:
+    """One run: train ``epochs`` epochs into ``work_dir``, evaluate the best checkpoint; metrics as a dict."""
+    common = {"dataset_dir": str(data_dir), "bundle_root": str(work_dir), **overrides}
+    start = time.perf_counter()
+    run_workflow(BUNDLE, "train", **common, **{"train#trainer#max_epochs": epochs})
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    evaluation = run_workflow(BUNDLE, "evaluate", **common)
+    evaluate_seconds = time.perf_counter() - start
+    metrics = evaluation.parser.get_parsed_content("validate#evaluator").state.metrics
+    class_names = evaluation.parser.get_parsed_content("class_names")
+    return {
+        "epochs": epochs,
+        "overrides": overrides,
+        "train_seconds": round(train_seconds, 1),
+        "evaluate_seconds": round(evaluate_seconds, 1),
+        "val_dice": {name: float(metrics[f"val_dice_{name}"]) for name in class_names}
+        | {"mean": float(metrics["val_mean_dice"])},
+        "val_mean_iou": float(metrics["val_mean_iou"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--epochs", type=int, nargs="+", default=[50], help="one run per value")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="bundle config override"
+    )
+    parser.add_argument("--data", type=Path, default=DATA, help="MSD hippocampus folder")
+    parser.add_argument("--output", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
+    overrides = dict(parse_override(text) for text in args.set)
+    runs = []
+    for epochs in args.epochs:
+        with tempfile.TemporaryDirectory(prefix="quality_") as work_dir:
+            runs.append(train_and_evaluate(epochs, overrides, args.data, Path(work_dir)))
+        print(json.dumps(runs[-1]), flush=True)
+    result = {
+        "bench": "quality_hippocampus",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(),
+        },
+        "runs": runs,
+    }
+    print(json.dumps(result, indent=2))
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2))
+    print(f"{'epochs':>6} {'train s':>8} " + " ".join(f"{k:>10}" for k in runs[0]["val_dice"]))
+    for run in runs:
+        print(
+            f"{run['epochs']:>6} {run['train_seconds']:>8} "
+            + " ".join(f"{v:>10.4f}" for v in run["val_dice"].values())
+        )
+
+
+if __name__ == "__main__":
+    main()
