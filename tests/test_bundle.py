@@ -61,7 +61,8 @@ def test_network_switches_with_one_override() -> None:
         workflow = load_workflow(HIPPOCAMPUS_BUNDLE, "train", **{"network_def#name": name})
         network = workflow.parser.get_parsed_content("network_def")
         assert type(network).__name__ == cls_name
-        assert network(torch.zeros(2, 3, 48, 64)).shape == (2, 3, 48, 64)  # 2.5D: 3 input slices
+        channels = workflow.parser.get_parsed_content("network_def#in_channels")  # 1, or 3 with 2.5D
+        assert network(torch.zeros(2, channels, 48, 64)).shape == (2, 3, 48, 64)
 
 
 def test_one_epoch_training_on_synthetic_data_via_monai_bundle_run(

@@ -216,3 +216,14 @@ def test_bundle_evaluate_writes_the_full_report(
     assert [report["dice_anterior"], report["dice_posterior"]] == pytest.approx(
         [float(engine["class0"]), float(engine["class1"])], abs=1e-5
     )
+
+
+def test_training_curves_read_both_event_files_of_a_bundle_training(trained_checkpoint: Path) -> None:
+    """Trainer and evaluator write separate event files: the curves need both (loss and Dice)."""
+    from unet_monai.report import read_scalars
+
+    runs = trained_checkpoint.parent / "runs"
+    assert len(list(runs.glob("events.out.tfevents.*"))) >= 2
+    scalars = read_scalars(runs)
+    assert {"train_loss", "val_mean_dice", "val_dice_anterior", "val_dice_posterior"} <= set(scalars)
+    assert scalars["val_mean_dice"][0].tolist() == [1]  # one epoch, one validation

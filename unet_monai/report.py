@@ -93,19 +93,27 @@ def save_case_figure(
     return png_path
 
 
-def read_scalars(log_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every scalar of the newest TensorBoard event file in ``log_dir``: ``{tag: (steps, values)}``.
+def _latest_run_files(log_dir: Path) -> list[Path]:
+    """The event files of the newest training run in ``log_dir``.
 
-    Only the newest file is read: each training run adds its own event file to the same folder, and
-    the curves of one run must not be mixed with those of earlier runs.
+    Every training run adds event files to the same folder (one per writer: the trainer's and the
+    evaluator's). Files named ``events.out.tfevents.<time>.<host>.<pid>.<n>`` that share the newest
+    file's process id belong to that run.
     """
-    newest = max(Path(log_dir).glob("events.out.tfevents.*"), key=lambda path: path.stat().st_mtime)
-    accumulator = EventAccumulator(str(newest), size_guidance={"scalars": 0})  # 0: keep every point
-    accumulator.Reload()
-    scalars = {}
-    for tag in accumulator.Tags()["scalars"]:
-        events = accumulator.Scalars(tag)
-        scalars[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events]))
+    files = sorted(log_dir.glob("events.out.tfevents.*"), key=lambda path: path.stat().st_mtime)
+    newest_pid = files[-1].name.split(".")[-2]
+    return [path for path in files if path.name.split(".")[-2] == newest_pid]
+
+
+def read_scalars(log_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every scalar of the newest training run's TensorBoard event files: ``{tag: (steps, values)}``."""
+    scalars: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for path in _latest_run_files(Path(log_dir)):
+        accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})  # 0: keep every point
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            events = accumulator.Scalars(tag)
+            scalars[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events]))
     return scalars
 
 
