@@ -106,25 +106,6 @@ def test_one_epoch_training_on_real_hippocampus_cases(tmp_path: Path) -> None:
     assert (tmp_path / "models" / "model.pt").is_file()
 
 
-def test_evaluate_config_writes_per_case_metrics(
-    tmp_path: Path, trained_checkpoint: Path, synthetic_dataset: Path
-) -> None:
-    workflow = load_workflow(
-        HIPPOCAMPUS_BUNDLE,
-        "evaluate",
-        dataset_dir=str(synthetic_dataset),
-        ckpt_dir=str(trained_checkpoint.parent),
-        output_dir=str(tmp_path),
-        **{"network_def#features": 8},
-    )
-    workflow.initialize()
-    workflow.run()
-    rows = (tmp_path / "val_mean_dice_raw.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 1  # header + the one validation case of six
-    assert "synthetic_" in rows[1]
-    assert (tmp_path / "val_mean_dice_summary.csv").is_file()
-
-
 def test_parse_override() -> None:
     assert parse_override("learning_rate=0.001") == ("learning_rate", 0.001)
     assert parse_override("roi_size=[32,32]") == ("roi_size", [32, 32])

@@ -124,3 +124,29 @@ def test_slice_inference_equals_a_loop_over_slices() -> None:
         batched = volume_inferer([16, 20], slice_axis=2, sw_batch_size=64)(volume, net)
         looped = torch.stack([net(volume[..., k]) for k in range(volume.shape[-1])], dim=-1)
     torch.testing.assert_close(batched, looped, atol=1e-5, rtol=1e-4)
+
+
+def test_keep_largest_component_option(tmp_path: Path, trained_checkpoint: Path) -> None:
+    from scipy import ndimage
+
+    images = sorted((require(HIPPOCAMPUS) / "imagesTr").glob("*.nii.gz"))[:3]
+    for name, labels in (("plain", []), ("largest", [1, 2])):
+        run_workflow(
+            HIPPOCAMPUS_BUNDLE,
+            "inference",
+            datalist=[str(p) for p in images],
+            ckpt_path=str(trained_checkpoint),
+            output_dir=str(tmp_path / name),
+            keep_largest_labels=labels,
+            **{"network_def#features": 8},
+        )
+    counts = {}
+    for name in ("plain", "largest"):
+        counts[name] = [
+            # MONAI's default connectivity is full (26 neighbours in 3D): count components the same way
+            ndimage.label(np.asarray(nib.load(mask).dataobj) == label, structure=np.ones((3, 3, 3)))[1]
+            for mask in sorted((tmp_path / name).glob("*_seg.nii.gz"))
+            for label in (1, 2)
+        ]
+    assert all(count <= 1 for count in counts["largest"])
+    assert max(counts["plain"]) > 1  # the one-epoch model's masks are fragmented: the option did something
