@@ -168,8 +168,7 @@ def _slice_sampling(
     slice_size = [-1, -1, -1]
     slice_size[slice_axis] = 1
     stacking = [StackNeighbourSlicesd(keys=image_key, slice_axis=slice_axis, neighbours=neighbours)]
-    return [
-        *(stacking if neighbours > 0 else []),
+    return (stacking if neighbours > 0 else []) + [
         RandCropByPosNegLabeld(
             keys=keys,
             label_key=label_key,
