@@ -60,12 +60,20 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=DATA, help="MSD hippocampus folder")
     parser.add_argument("--output", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--keep", type=Path, help="train in KEEP/epochs_N and keep it (checkpoint, TensorBoard logs, masks)"
+    )
     args = parser.parse_args()
     overrides = dict(parse_override(text) for text in args.set)
     runs = []
     for epochs in args.epochs:
-        with tempfile.TemporaryDirectory(prefix="quality_") as work_dir:
-            runs.append(train_and_evaluate(epochs, overrides, args.data, Path(work_dir)))
+        if args.keep is not None:
+            work_dir = args.keep / f"epochs_{epochs}"
+            work_dir.mkdir(parents=True, exist_ok=True)
+            runs.append(train_and_evaluate(epochs, overrides, args.data, work_dir))
+        else:
+            with tempfile.TemporaryDirectory(prefix="quality_") as temp_dir:
+                runs.append(train_and_evaluate(epochs, overrides, args.data, Path(temp_dir)))
         print(json.dumps(runs[-1]), flush=True)
     result = {
         "bench": "quality_hippocampus",

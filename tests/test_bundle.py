@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import FAST_TRAIN, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, REPO_ROOT, require
 from unet_monai.bundle import load_workflow, parse_override
 from unet_monai.networks import RonnebergerUNet
+from unet_monai.transforms import neighbour_channels
 
 CONFIGS = HIPPOCAMPUS_BUNDLE / "configs"
 
@@ -26,7 +27,11 @@ def test_bundle_files_and_metadata() -> None:
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     image = meta["network_data_format"]["inputs"]["image"]
     pred = meta["network_data_format"]["outputs"]["pred"]
-    assert image["num_channels"] == 1
+    train = json.loads((CONFIGS / "train.json").read_text())
+    inference = json.loads((CONFIGS / "inference.json").read_text())
+    assert train["neighbours"] == inference["neighbours"]
+    assert train["network_def"]["features"] == inference["network_def"]["features"]
+    assert image["num_channels"] == neighbour_channels(1, train["neighbours"]) == len(image["channel_def"])
     assert pred["num_channels"] == 3
     assert pred["channel_def"] == {"0": "background", "1": "anterior", "2": "posterior"}
 

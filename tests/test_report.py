@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from tests.conftest import HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, require
+from tests.conftest import HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, SHARED_DATA, require
 from unet_monai.bundle import load_workflow
 from unet_monai.cli import main
 from unet_monai.data import case_name
@@ -227,3 +227,34 @@ def test_training_curves_read_both_event_files_of_a_bundle_training(trained_chec
     scalars = read_scalars(runs)
     assert {"train_loss", "val_mean_dice", "val_dice_anterior", "val_dice_posterior"} <= set(scalars)
     assert scalars["val_mean_dice"][0].tolist() == [1]  # one epoch, one validation
+
+
+def test_evaluate_binary_png_predictions_against_real_tiff_masks(tmp_path: Path) -> None:
+    """2D masks saved as 0 / 255 (LGG TIFF references, PNG predictions) with RGB images for the overlays."""
+    patient = require(SHARED_DATA / "lgg-kaggle3m-subset" / "kaggle_3m") / "TCGA_CS_4941_19960909"
+    masks = sorted(patient.glob("*_mask.tif"))
+    with_tumour = [m for m in masks if np.asarray(Image.open(m)).any()][:3]
+    assert len(with_tumour) == 3
+    label_dir, pred_dir = tmp_path / "labels", tmp_path / "preds"
+    label_dir.mkdir()
+    pred_dir.mkdir()
+    images, expected = {}, {}
+    for shift, mask_path in enumerate(with_tumour):
+        case = mask_path.name.removesuffix("_mask.tif")
+        reference = np.asarray(Image.open(mask_path)) > 0
+        prediction = np.roll(reference, 3 * shift, axis=0)
+        shutil.copy(mask_path, label_dir / f"{case}.tif")
+        Image.fromarray((prediction * 255).astype(np.uint8)).save(pred_dir / f"{case}_seg.png")
+        images[case] = patient / f"{case}.tif"
+        expected[case] = 2 * (prediction & reference).sum() / (prediction.sum() + reference.sum())
+
+    summary = evaluate_folders(pred_dir, label_dir, tmp_path / "report", images=images, binary=True)
+
+    assert summary["num_cases"] == 3 and summary["classes"] == ["class_1"]
+    for row in summary["cases"]:
+        assert row["dice_class_1"] == pytest.approx(expected[row["case"]], abs=1e-6)
+    assert expected[summary["overlay_cases"]["best"]] == max(expected.values())
+    for name in OVERLAYS:
+        _assert_png(Path(summary["figures"][name]), 400, 150)
+    with pytest.raises(ValueError, match="outside"):
+        evaluate_folders(pred_dir, label_dir, tmp_path / "plain", num_classes=2)

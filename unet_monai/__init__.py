@@ -4,8 +4,8 @@ The subpackages are imported here so that bundle configs can say ``$import unet_
 use ``unet_monai.data``, ``unet_monai.networks``, ``unet_monai.transforms`` and ``unet_monai.inference``.
 """
 
-from unet_monai import data, inference, metrics, networks, transforms
+from unet_monai import data, handlers, inference, metrics, networks, transforms
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "inference", "metrics", "networks", "transforms", "__version__"]
+__all__ = ["data", "handlers", "inference", "metrics", "networks", "transforms", "__version__"]

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from unet_monai.data.datalists import NIFTI_SUFFIXES
+from unet_monai.data.datalists import IMAGE_SUFFIXES
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -17,16 +17,19 @@ def _overrides(args: argparse.Namespace) -> dict:
     return dict(parse_override(text) for text in args.set)
 
 
-def _nifti_files(path: Path) -> list[str]:
-    """One NIfTI file, or every NIfTI file in a folder, as absolute paths; a clear error otherwise."""
+def _image_files(path: Path) -> list[str]:
+    """One image file, or every image file in a folder (NIfTI, DICOM, PNG, TIFF), as absolute paths.
+
+    A clear error otherwise."""
+    suffixes = " / ".join(IMAGE_SUFFIXES)
     if path.is_file():
-        if not path.name.endswith(NIFTI_SUFFIXES):
-            raise SystemExit(f"error: {path}: not a NIfTI file (.nii or .nii.gz)")
+        if not path.name.lower().endswith(IMAGE_SUFFIXES):
+            raise SystemExit(f"error: {path}: not an image file ({suffixes})")
         return [str(path.resolve())]
     if path.is_dir():
-        files = sorted(str(p.resolve()) for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+        files = sorted(str(p.resolve()) for p in path.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
         if not files:
-            raise SystemExit(f"error: {path}: folder holds no .nii / .nii.gz files")
+            raise SystemExit(f"error: {path}: folder holds no image files ({suffixes})")
         return files
     raise SystemExit(f"error: {path}: no such file or folder")
 
@@ -47,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     from unet_monai.bundle import run_workflow
 
-    files = _nifti_files(Path(args.input))
+    files = _image_files(Path(args.input))
     overrides = _overrides(args)
     overrides["datalist"] = files
     overrides["output_dir"] = str(Path(args.output).resolve())
@@ -74,6 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.class_names,
         images=args.images,
         log_dir=args.log_dir,
+        binary=args.binary,
     )
     print(json.dumps({"num_cases": summary["num_cases"], "mean": summary["mean"]}, indent=2))
     print(f"per-case metrics: {Path(args.output) / 'metrics.csv'}")
@@ -136,12 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     infer = commands.add_parser(
         "infer",
-        help="masks for one NIfTI volume or a folder of them",
+        help="masks for one image or volume (NIfTI, DICOM, PNG, TIFF) or a folder of them",
         description="Apply a trained bundle (configs/inference.json) to whole volumes; each mask is written "
         "as OUTPUT/<case>_seg.nii.gz with exactly the input's shape and affine.",
     )
     infer.add_argument("--bundle", required=True, help="bundle folder")
-    infer.add_argument("--input", required=True, help="a .nii / .nii.gz file or a folder of them")
+    infer.add_argument(
+        "--input", required=True, help="an image file (.nii, .nii.gz, .dcm, .png, .tif) or a folder of them"
+    )
     infer.add_argument("--output", required=True, help="folder for the masks")
     infer.add_argument("--checkpoint", help="weights to use (default BUNDLE/models/model.pt)")
     infer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
@@ -153,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Match predictions (<case>.nii.gz or <case>_seg.nii.gz) to labels (<case>.nii.gz) and "
         "write OUTPUT/metrics.csv (per case) and OUTPUT/summary.json (per class and mean). HD95 is in mm, "
         "from the labels' voxel spacing. Optionally draw figures of the best, median and worst case "
-        "(--images) and of the training curves (--log-dir).",
+        "(--images) and of the training curves (--log-dir). PNG, TIFF and DICOM masks work too.",
     )
     evaluate.add_argument("--pred", required=True, help="folder of predicted label maps")
     evaluate.add_argument("--label", required=True, help="folder of reference label maps")
@@ -166,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of the images (<case>.nii.gz, on the labels' grid): writes OUTPUT/overlay_best.png, "
         "overlay_median.png and overlay_worst.png, the cases of highest, median and lowest mean Dice, each "
         "at its slice with the most reference foreground (panels: image, prediction, reference)",
+    )
+    evaluate.add_argument(
+        "--binary",
+        action="store_true",
+        help="binary masks: every non-zero value is foreground (masks saved as 0 / 255 PNG or TIFF)",
     )
     evaluate.add_argument(
         "--log-dir",

@@ -21,7 +21,7 @@ from monai.data.utils import affine_to_spacing
 from monai.transforms import LoadImage
 
 from unet_monai import report
-from unet_monai.data.datalists import NIFTI_SUFFIXES, case_name
+from unet_monai.data.datalists import IMAGE_SUFFIXES, NIFTI_SUFFIXES, case_name
 from unet_monai.metrics import METRICS, case_metrics
 
 # Accepted prediction names for a case: "<case>", "<case>_seg" (MONAI SaveImage's default) or "<case>_pred".
@@ -31,7 +31,7 @@ PREDICTION_POSTFIXES = ("", "_seg", "_pred")
 def _find_prediction(pred_dir: Path, case: str) -> Path | None:
     """The prediction file of ``case`` in ``pred_dir``, None if there is none; error if several match."""
     candidates = [
-        pred_dir / f"{case}{postfix}{suffix}" for postfix in PREDICTION_POSTFIXES for suffix in NIFTI_SUFFIXES
+        pred_dir / f"{case}{postfix}{suffix}" for postfix in PREDICTION_POSTFIXES for suffix in IMAGE_SUFFIXES
     ]
     found = [path for path in candidates if path.is_file()]
     if len(found) > 1:
@@ -43,7 +43,7 @@ def _match_cases(
     pred_dir: Path, label_dir: Path, cases: list[str] | None = None
 ) -> list[tuple[str, Path, Path]]:
     """``(case, prediction file, reference file)`` for every reference label map (or only ``cases``)."""
-    references = sorted(p for p in label_dir.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+    references = sorted(p for p in label_dir.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
     if cases is not None:
         by_case = {case_name(p): p for p in references}
         unknown = [case for case in cases if case not in by_case]
@@ -51,7 +51,7 @@ def _match_cases(
             raise FileNotFoundError(f"No reference label map in {label_dir} for: {', '.join(unknown)}.")
         references = [by_case[case] for case in sorted(set(cases))]
     if not references:
-        raise ValueError(f"No reference label maps (*.nii.gz / *.nii) in {label_dir}.")
+        raise ValueError(f"No reference label maps ({' / '.join(IMAGE_SUFFIXES)}) in {label_dir}.")
     pairs = []
     missing = []
     for reference in references:
@@ -64,7 +64,8 @@ def _match_cases(
     if missing:
         raise FileNotFoundError(
             f"No prediction in {pred_dir} for {len(missing)} case(s): {', '.join(missing)} "
-            "(looked for <case>.nii.gz, <case>_seg.nii.gz and <case>_pred.nii.gz)."
+            "(looked for <case>, <case>_seg and <case>_pred with the suffixes "
+            f"{' / '.join(IMAGE_SUFFIXES)})."
         )
     return pairs
 
@@ -77,7 +78,7 @@ def _find_images(images: str | Path | Mapping[str, str | Path], cases: list[str]
         if isinstance(images, Mapping):
             candidates = [Path(images[case])] if case in images else []
         else:
-            candidates = [Path(images) / f"{case}{suffix}" for suffix in NIFTI_SUFFIXES]
+            candidates = [Path(images) / f"{case}{suffix}" for suffix in IMAGE_SUFFIXES]
         existing = [path for path in candidates if path.is_file()]
         if existing:
             found[case] = existing[0]
@@ -94,9 +95,26 @@ def _spacing(reference: MetaTensor) -> list[float]:
     return [float(s) for s in affine_to_spacing(reference.affine, r=reference.ndim)]
 
 
-def _load(path: Path) -> MetaTensor:
-    """Load a NIfTI label map with MONAI (nibabel reader); ``.affine`` holds its affine."""
-    return LoadImage(image_only=True, reader="NibabelReader")(str(path))
+def _load(path: Path, binary: bool = False) -> MetaTensor:
+    """Load an image or label map with MONAI; ``.affine`` holds its affine.
+
+    One reader per format family, so that a PNG prediction and a TIFF reference share axes and affine:
+    nibabel for NIfTI, PIL for PNG / TIFF, pydicom for DICOM. With ``binary``, every non-zero value
+    becomes 1 (masks saved as 0 / 255).
+    """
+    name = path.name.lower()
+    reader = "PydicomReader" if name.endswith(".dcm") else "PILReader"
+    if name.endswith(NIFTI_SUFFIXES):
+        reader = "NibabelReader"
+    image = LoadImage(image_only=True, reader=reader)(str(path))
+    return (image != 0).to(image.dtype) if binary else image
+
+
+def _grey(image: MetaTensor, reference: MetaTensor) -> MetaTensor:
+    """A colour image (RGB / RGBA, channels last, one more axis than its reference) as grey levels."""
+    if image.ndim == reference.ndim + 1 and image.shape[-1] in (3, 4):
+        return image[..., :3].float().mean(dim=-1)
+    return image
 
 
 def _check_geometry(prediction: MetaTensor, reference: MetaTensor, pred_path: Path, ref_path: Path) -> None:
@@ -108,7 +126,7 @@ def _check_geometry(prediction: MetaTensor, reference: MetaTensor, pred_path: Pa
         )
     pred_affine = prediction.affine.numpy()
     ref_affine = reference.affine.numpy()
-    if not np.allclose(pred_affine, ref_affine, atol=1e-3):
+    if pred_affine.shape != ref_affine.shape or not np.allclose(pred_affine, ref_affine, atol=1e-3):
         raise ValueError(
             f"Affine mismatch: prediction {pred_path} has affine\n{pred_affine}\n"
             f"reference {ref_path} has affine\n{ref_affine}"
@@ -162,12 +180,12 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _max_label(pairs: list[tuple[str, Path, Path]]) -> int:
+def _max_label(pairs: list[tuple[str, Path, Path]], binary: bool) -> int:
     """Largest label value over all predictions and references."""
     largest = 0
     for _case, prediction, reference in pairs:
         for path in (prediction, reference):
-            largest = max(largest, int(_load(path).max().item()))
+            largest = max(largest, int(_load(path, binary).max().item()))
     return largest
 
 
@@ -186,6 +204,7 @@ def _draw_overlays(
     image_paths: dict[str, Path],
     class_names: list[str],
     output_dir: Path,
+    binary: bool,
 ) -> dict[str, str]:
     """``overlay_<rank>.png`` for each ranked case; returns ``{"overlay_<rank>": path}``."""
     files = {case: (prediction, reference) for case, prediction, reference in pairs}
@@ -193,8 +212,8 @@ def _draw_overlays(
     figures = {}
     for rank, case in ranked.items():
         pred_path, ref_path = files[case]
-        image = _load(image_paths[case])
-        reference = _load(ref_path)
+        reference = _load(ref_path, binary)
+        image = _grey(_load(image_paths[case]), reference)
         if image.shape != reference.shape:
             raise ValueError(
                 f"Image {image_paths[case]} has shape {tuple(image.shape)}, its reference {ref_path} has "
@@ -203,7 +222,7 @@ def _draw_overlays(
         dice_text = ", ".join(f"{name} {row_of[case][f'dice_{name}']:.3f}" for name in class_names)
         path = report.save_case_figure(
             image.numpy(),
-            _load(pred_path).numpy(),
+            _load(pred_path, binary).numpy(),
             reference.numpy(),
             output_dir / f"overlay_{rank}.png",
             title=f"{rank} case by mean Dice: {case}\nDice {dice_text}",
@@ -223,11 +242,13 @@ def evaluate_folders(
     cases: list[str] | None = None,
     images: str | Path | Mapping[str, str | Path] | None = None,
     log_dir: str | Path | None = None,
+    binary: bool = False,
 ) -> dict:
     """Evaluate the reference label maps of ``label_dir`` against their predictions in ``pred_dir``.
 
     A prediction for case ``<case>`` (reference ``<case>.nii.gz``) is ``<case>.nii.gz``,
-    ``<case>_seg.nii.gz`` or ``<case>_pred.nii.gz`` (``.nii`` also accepted); extra predictions are ignored.
+    ``<case>_seg.nii.gz`` or ``<case>_pred.nii.gz``; extra predictions are ignored. Any suffix of
+    ``IMAGE_SUFFIXES`` works for both (``.nii``, ``.png``, ``.tif``, ...): 2D masks are evaluated as 2D.
 
     Args:
         pred_dir, label_dir: folders of predicted and reference label maps (same shape and affine per case).
@@ -241,6 +262,8 @@ def evaluate_folders(
             highest, median and lowest mean Dice, at their slice with the most reference foreground.
         log_dir: a training run's TensorBoard folder; when it holds event files, writes
             ``training_curves.png`` (train loss, validation Dice per class and mean).
+        binary: every non-zero value of predictions and references is foreground (class 1): for
+            binary masks saved as 0 / 255 (PNG, TIFF). ``num_classes`` is then 2.
 
     Returns the summary dict (NaN kept as float NaN), also written to ``summary.json`` (NaN as null):
     ``per_class[name][metric]`` and ``case_mean[metric]`` hold ``mean`` / ``std`` / ``median`` over the
@@ -259,8 +282,17 @@ def evaluate_folders(
     pairs = _match_cases(pred_dir, label_dir, cases)
     # Look for every image before the long metric loop, so that a missing one fails at once.
     image_paths = _find_images(images, [case for case, _, _ in pairs]) if images is not None else {}
+    if binary and num_classes not in (None, 2):
+        raise ValueError(
+            f"binary masks have 2 classes (background and foreground), got num_classes={num_classes}."
+        )
     if num_classes is None:
-        num_classes = len(class_names) + 1 if class_names is not None else _max_label(pairs) + 1
+        if binary:
+            num_classes = 2
+        elif class_names is not None:
+            num_classes = len(class_names) + 1
+        else:
+            num_classes = _max_label(pairs, binary) + 1
     if num_classes < 2:
         raise ValueError(f"Need at least one foreground class, got num_classes={num_classes}.")
     if class_names is None:
@@ -275,8 +307,8 @@ def evaluate_folders(
 
     rows = []
     for case, pred_path, ref_path in pairs:
-        prediction = _load(pred_path)
-        reference = _load(ref_path)
+        prediction = _load(pred_path, binary)
+        reference = _load(ref_path, binary)
         _check_geometry(prediction, reference, pred_path, ref_path)
         try:
             # An explicit channel dim, so that a first spatial dim of size 1 is never taken for a channel.
@@ -317,7 +349,9 @@ def evaluate_folders(
     overlay_cases: dict[str, str] = {}
     if images is not None:
         overlay_cases = _ranked_cases(rows)
-        figures.update(_draw_overlays(overlay_cases, rows, pairs, image_paths, class_names, output_dir))
+        figures.update(
+            _draw_overlays(overlay_cases, rows, pairs, image_paths, class_names, output_dir, binary)
+        )
     if log_dir is not None:
         curves = report.save_training_curves(log_dir, output_dir / "training_curves.png")
         if curves is not None:

@@ -8,12 +8,14 @@ from pathlib import Path
 from monai.data import load_decathlon_datalist, partition_dataset
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# Every single-file image format the pipeline reads: NIfTI, DICOM files, PNG and TIFF.
+IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".dcm", ".png", ".tif", ".tiff")
 
 
 def case_name(path: str | Path) -> str:
     """The file name without its image suffix: ``a/b/case_001.nii.gz`` -> ``case_001``."""
     name = Path(path).name
-    for suffix in (*NIFTI_SUFFIXES, ".png", ".tif", ".tiff", ".dcm"):
+    for suffix in IMAGE_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name

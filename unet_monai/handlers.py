@@ -1,0 +1,51 @@
+"""Ignite handlers that MONAI's engines lack.
+
+``PlainTensorBatches``: MONAI wraps every intermediate tensor of a transform chain in a
+``MetaTensor`` and records each transform, so that ``Invertd`` can undo them. Training samples are
+never inverted, yet that bookkeeping costs more than the transforms themselves on small 2D slices
+(measured on the hippocampus bundle: the random transforms of one epoch take 8.2 s with it and
+2.5 s without). This handler switches MONAI's metadata tracking off while the engine draws a batch, and
+back on as soon as the batch is in hand, so validation and inference keep their metadata.
+"""
+
+from __future__ import annotations
+
+from ignite.engine import Engine, Events
+from monai.data import get_track_meta, set_track_meta
+
+
+class PlainTensorBatches:
+    """Draw an engine's batches with MONAI metadata tracking off (plain tensors, no transform records).
+
+    Only for data loaded in the engine's own process (``num_workers=0`` or a ``ThreadDataLoader``):
+    worker processes keep their own setting. Attach it to a trainer whose samples are not inverted.
+    """
+
+    def __init__(self) -> None:
+        self._saved: bool | None = None
+
+    def attach(self, engine: Engine) -> None:
+        # When a loader is exhausted, ignite restarts it and draws again without a second
+        # GET_BATCH_STARTED, so tracking stays off until GET_BATCH_COMPLETED. Every iteration passes
+        # GET_BATCH_COMPLETED before its step, so epoch-end handlers (validation) always see tracking
+        # back on, whatever the handler order. Failures and stops restore it too.
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self.tracking_off)
+        for event in (Events.GET_BATCH_COMPLETED, Events.TERMINATE, Events.COMPLETED):
+            engine.add_event_handler(event, self.tracking_restored)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.exception_raised)
+
+    def tracking_off(self, engine: Engine | None = None) -> None:
+        if self._saved is None:
+            self._saved = get_track_meta()
+        set_track_meta(False)
+
+    def tracking_restored(self, engine: Engine | None = None, *args: object) -> None:
+        if self._saved is not None:
+            set_track_meta(self._saved)
+            self._saved = None
+
+    def exception_raised(self, engine: Engine, error: Exception) -> None:
+        """Restore tracking, then re-raise: ignite swallows an error that an EXCEPTION_RAISED handler
+        does not raise again (MONAI's own handlers re-raise the same way)."""
+        self.tracking_restored()
+        raise error
