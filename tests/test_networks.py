@@ -168,6 +168,18 @@ def test_valid_padding_output_size(spatial_dims: int, depth: int) -> None:
     assert all(o < s for o, s in zip(out.shape[2:], sizes, strict=True))
 
 
+@pytest.mark.parametrize("padding, size", [("same", 32), ("valid", 44)])
+@pytest.mark.parametrize("up_mode", ["transpose", "interpolate"])
+def test_scripted_network_matches_eager(padding: str, size: int, up_mode: str) -> None:
+    """torch.jit.script compiles the network (bundle ckpt_export without tracing) and keeps its output."""
+    net = RonnebergerUNet(2, 2, 3, depth=2, features=4, norm="batch", padding=padding, up_mode=up_mode)
+    net.eval()
+    scripted = torch.jit.script(net)
+    x = torch.randn(2, 2, size, size + 16)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+
+
 def test_valid_padding_interpolate() -> None:
     torch.manual_seed(0)
     net = RonnebergerUNet(spatial_dims=2, depth=2, features=2, padding="valid", up_mode="interpolate")

@@ -107,13 +107,12 @@ def _describe_neighbours(input_size: int, depth: int) -> str:
     raise AssertionError("unreachable: _valid_input_sizes is infinite")
 
 
-def _center_crop(x: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Tensor:
+def _center_crop(x: torch.Tensor, spatial_shape: list[int]) -> torch.Tensor:
     """Crop the spatial dimensions of ``x`` (B, C, *spatial) around their centre to ``spatial_shape``."""
-    slices = [slice(None), slice(None)]
-    for size, target in zip(x.shape[2:], spatial_shape, strict=True):
-        start = (size - target) // 2
-        slices.append(slice(start, start + target))
-    return x[tuple(slices)]
+    for axis, target in enumerate(spatial_shape):
+        dim = axis + 2
+        x = x.narrow(dim, (x.shape[dim] - target) // 2, target)
+    return x
 
 
 class DoubleConv(nn.Sequential):
@@ -217,7 +216,7 @@ class Up(nn.Module):
             skip: encoder map of the same level; centre-cropped to the up-sampled map (valid padding).
         """
         x = self.upsample(x)
-        skip = _center_crop(skip, tuple(x.shape[2:]))
+        skip = _center_crop(skip, list(x.shape[2:]))
         return self.convs(torch.cat([skip, x], dim=1))
 
 
@@ -296,6 +295,7 @@ class RonnebergerUNet(nn.Module):
         )
         self.final_conv = Conv[Conv.CONV, spatial_dims](chns[0], out_channels, kernel_size=1)
 
+    @torch.jit.unused
     def _check_input_size(self, spatial_shape: tuple[int, ...]) -> None:
         for size in spatial_shape:
             if self.padding == "same" and size % 2**self.depth != 0:
@@ -315,7 +315,8 @@ class RonnebergerUNet(nn.Module):
             logits of shape ``(Batch, out_channels, *spatial)``: the input's spatial shape with ``"same"``
             padding, ``valid_output_size`` of each axis with ``"valid"`` padding.
         """
-        self._check_input_size(tuple(x.shape[2:]))
+        if not torch.jit.is_scripting():  # the size check is plain Python; a scripted network skips it
+            self._check_input_size(tuple(x.shape[2:]))
         x = self.conv_0(x)
         skips = [x]
         for down in self.downs:
