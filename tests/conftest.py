@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,20 @@ def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found: {path} (expected ../shared/data beside the repository)")
     return path
+
+
+def run_monai_bundle(config_file: Path | str, overrides: dict, timeout: int = 600) -> str:
+    """Run ``python -m monai.bundle run`` from the repository root, as a user types it; its output.
+
+    ``overrides`` become ``--key value`` arguments (values JSON-encoded). Fails the test, showing the
+    end of the output, when the command exits non-zero.
+    """
+    arguments = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config_file)]
+    for key, value in overrides.items():
+        arguments += [f"--{key}", json.dumps(value)]
+    result = subprocess.run(arguments, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="session")

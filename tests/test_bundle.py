@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from monai.bundle import ConfigWorkflow
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import FAST_TRAIN, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, REPO_ROOT, require
+from tests.conftest import FAST_TRAIN, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, require, run_monai_bundle
 from unet_monai.bundle import load_workflow, parse_override
 from unet_monai.networks import RonnebergerUNet
 from unet_monai.transforms import neighbour_channels
@@ -74,15 +72,12 @@ def test_one_epoch_training_on_synthetic_data_via_monai_bundle_run(
     tmp_path: Path, synthetic_dataset: Path
 ) -> None:
     """`python -m monai.bundle run` itself, as a user types it, from the repository root."""
-    overrides = [f"--{key} {json.dumps(value)}" for key, value in FAST_TRAIN.items()]
-    command = (
-        f"{sys.executable} -m monai.bundle run --config_file {CONFIGS / 'train.json'} "
-        f"--dataset_dir {synthetic_dataset} --bundle_root {tmp_path} " + " ".join(overrides)
+    output = run_monai_bundle(
+        CONFIGS / "train.json",
+        {"dataset_dir": str(synthetic_dataset), "bundle_root": str(tmp_path), **FAST_TRAIN},
     )
-    result = subprocess.run(command.split(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
-    assert "val_mean_dice" in result.stdout + result.stderr
+    assert "val_mean_dice" in output
     events = list((tmp_path / "runs").glob("events.out.tfevents.*"))
     assert events, "no TensorBoard log written"
     accumulator = EventAccumulator(str(events[0].parent))
