@@ -144,6 +144,24 @@ def augmentation_transforms(
     return transforms
 
 
+def patch_sampling(
+    keys: Sequence[str], label_key: str, roi_size: Sequence[int], num_samples: int, pos_fraction: float
+) -> list:
+    """Pad to ``roi_size``, then ``num_samples`` random patches, centred on the label with probability
+    ``pos_fraction`` (MONAI's ``RandCropByPosNegLabeld``)."""
+    return [
+        SpatialPadd(keys=keys, spatial_size=list(roi_size)),
+        RandCropByPosNegLabeld(
+            keys=keys,
+            label_key=label_key,
+            spatial_size=list(roi_size),
+            pos=pos_fraction,
+            neg=1.0 - pos_fraction,
+            num_samples=num_samples,
+        ),
+    ]
+
+
 def _size_transforms(keys: Sequence[str], image_key: str, resize_to: Sequence[int] | None) -> list:
     """Resize images (bilinear) and labels (nearest) to a fixed spatial size."""
     if resize_to is None:
@@ -229,17 +247,7 @@ def build_train_transforms(
     spatial_dims = len(roi_size)
     if slice_axis is None:
         # Patches of the network's size from 2D images or 3D volumes.
-        transforms += [
-            SpatialPadd(keys=keys, spatial_size=list(roi_size)),
-            RandCropByPosNegLabeld(
-                keys=keys,
-                label_key=label_key,
-                spatial_size=list(roi_size),
-                pos=pos_fraction,
-                neg=1.0 - pos_fraction,
-                num_samples=num_samples,
-            ),
-        ]
+        transforms += patch_sampling(keys, label_key, roi_size, num_samples, pos_fraction)
     else:
         # Mirror whole volumes (axes of the volume, so "left-right" stays left-right whatever the
         # slice direction), then sample slices along one axis, or along a random one of several.
