@@ -173,6 +173,22 @@ def test_recipes_switch_with_one_override() -> None:
     assert original.get_parsed_content("flip_axes") == [] and ours.get_parsed_content("flip_axes") == [0]
     assert original.get_parsed_content("batch_size") == 16 and ours.get_parsed_content("batch_size") == 8
     assert ours.get_parsed_content("train#dataloader#batch_size") == 8
+    # both: constant Adam 0.01 (power 0); a decayed schedule is one override away
+    decayed = load_workflow(
+        LGG_BUNDLE,
+        "train",
+        recipe="ours",
+        **{"recipes#ours#learning_rate": 0.002, "recipes#ours#lr_decay_power": 0.9},
+    ).parser
+    for parser, lr, power in ((original, 0.01, 0.0), (ours, 0.01, 0.0), (decayed, 0.002, 0.9)):
+        optimizer = parser.get_parsed_content("optimizer")
+        scheduler = parser.get_parsed_content("lr_scheduler")
+        assert optimizer.param_groups[0]["lr"] == lr and scheduler.power == power
+        epochs = parser.get_parsed_content("train#trainer#max_epochs")
+        for _ in range(epochs - 1):
+            scheduler.step()
+        expected_last = lr if power == 0 else lr * (1 / epochs) ** power
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected_last)
     network = original.get_parsed_content("network_def")
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
     assert network(torch.zeros(2, 3, 64, 64)).shape == (2, 1, 64, 64)
