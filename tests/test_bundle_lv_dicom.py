@@ -265,8 +265,12 @@ def test_improved_settings_layer_on_the_recipe() -> None:
         for name, parser in (("recipe", recipe), ("ours", ours))
     }
     assert "ResizeWithPadOrCropd" in names["recipe"] and "RandAffined" not in names["recipe"]
-    assert "RandCropByPosNegLabeld" in names["ours"] and "RandAffined" in names["ours"]
-    assert "ResizeWithPadOrCropd" not in names["ours"]  # patches anywhere, then a sliding window
+    # ours keeps the project's centre crop and adds augmentation
+    assert "ResizeWithPadOrCropd" in names["ours"] and "RandAffined" in names["ours"]
+    assert "RandCropByPosNegLabeld" not in names["ours"]
+    whole = load_workflow(LV_BUNDLE, "train", whole_image=True).parser  # patches anywhere instead
+    whole_names = [type(t).__name__ for t in whole.get_parsed_content("train#preprocessing").transforms]
+    assert "RandCropByPosNegLabeld" in whole_names and "ResizeWithPadOrCropd" not in whole_names
     norms = {
         name: any(isinstance(m, torch.nn.BatchNorm2d) for m in parser.get_parsed_content("network").modules())
         for name, parser in (("recipe", recipe), ("ours", ours))
