@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -30,6 +32,16 @@ def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found: {path} (expected ../shared/data beside the repository)")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Run a module's tests on one torch thread (tiny networks: on a busy 2-core machine two threads
+    wait on each other at every op; a NASNet cell's forward took 9 s with two and 0.1 s with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_monai_bundle(config_file: Path | str, overrides: dict, timeout: int = 600) -> str:

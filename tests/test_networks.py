@@ -19,6 +19,19 @@ from unet_monai.networks import (
 from unet_monai.networks import registry as registry_module
 
 BUILT_INS = ["attention_unet", "basic_unet", "dyn_unet", "monai_unet", "ronneberger_unet", "segresnet"]
+MODULAR = [
+    "modular_attention_unet",
+    "modular_efficient_unet",
+    "modular_nas_reduction_unet",
+    "modular_nas_unet",
+    "modular_residual_unet",
+    "modular_unet",
+    "modular_unet_bn",
+]
+BUILT_INS = sorted(BUILT_INS + MODULAR)
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(net: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
@@ -122,6 +135,42 @@ def test_paper_parameter_count() -> None:
 
     net = RonnebergerUNet(spatial_dims=2, in_channels=1, out_channels=2, depth=4, features=64)
     assert sum(p.numel() for p in net.parameters()) == expected
+
+
+def test_state_dict_key_names_are_pinned() -> None:
+    """Checkpoints saved from RonnebergerUNet must keep loading: these key names never change."""
+    net = RonnebergerUNet(spatial_dims=2, in_channels=1, out_channels=2, depth=1, features=2)
+    assert list(net.state_dict()) == [
+        "conv_0.conv_0.weight",
+        "conv_0.conv_0.bias",
+        "conv_0.conv_1.weight",
+        "conv_0.conv_1.bias",
+        "downs.0.convs.conv_0.weight",
+        "downs.0.convs.conv_0.bias",
+        "downs.0.convs.conv_1.weight",
+        "downs.0.convs.conv_1.bias",
+        "ups.0.upsample.weight",
+        "ups.0.upsample.bias",
+        "ups.0.convs.conv_0.weight",
+        "ups.0.convs.conv_0.bias",
+        "ups.0.convs.conv_1.weight",
+        "ups.0.convs.conv_1.bias",
+        "final_conv.weight",
+        "final_conv.bias",
+    ]
+    batch_norm = RonnebergerUNet(spatial_dims=2, depth=1, features=2, norm="batch")
+    assert [key for key in batch_norm.state_dict() if key.startswith("conv_0.norm_1.")] == [
+        "conv_0.norm_1.weight",
+        "conv_0.norm_1.bias",
+        "conv_0.norm_1.running_mean",
+        "conv_0.norm_1.running_var",
+        "conv_0.norm_1.num_batches_tracked",
+    ]
+    interpolate = RonnebergerUNet(spatial_dims=2, depth=1, features=2, up_mode="interpolate")
+    assert [key for key in interpolate.state_dict() if key.startswith("ups.0.upsample.")] == [
+        "ups.0.upsample.1.weight",
+        "ups.0.upsample.1.bias",
+    ]
 
 
 # ---------------------------------------------------------------- padding="valid" and the size helpers

@@ -1,13 +1,19 @@
-"""Segmentation networks: the Ronneberger U-Net, its overlap-tile wrapper, and a registry of networks."""
+"""Segmentation networks: the modular U-Net, its variants, the Ronneberger U-Net, overlap-tile, a registry."""
 
+from unet_monai.networks.modular import ModularUNet
 from unet_monai.networks.overlap_tile import OverlapTileNet
 from unet_monai.networks.registry import create_network, list_networks, register_network
 from unet_monai.networks.ronneberger import RonnebergerUNet, valid_input_size, valid_output_size
+from unet_monai.networks.variants import VARIANTS, build_variant, features_for_budget
 
 __all__ = [
+    "VARIANTS",
+    "ModularUNet",
     "OverlapTileNet",
     "RonnebergerUNet",
+    "build_variant",
     "create_network",
+    "features_for_budget",
     "list_networks",
     "register_network",
     "valid_input_size",

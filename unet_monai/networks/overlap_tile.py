@@ -8,13 +8,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unet_monai.networks.ronneberger import RonnebergerUNet, valid_input_size, valid_output_size
+from unet_monai.networks.modular import ModularUNet
+from unet_monai.networks.valid_size import valid_input_size, valid_output_size
 
 __all__ = ["OverlapTileNet"]
 
 
 class OverlapTileNet(nn.Module):
-    def __init__(self, network: RonnebergerUNet, tile_output_size: int | None = None):
+    def __init__(self, network: ModularUNet, tile_output_size: int | None = None):
         """
         The paper's overlap-tile strategy: output size == input size, for any input size.
 
@@ -24,7 +25,7 @@ class OverlapTileNet(nn.Module):
         batch at once), the output tiles are stitched and the result is cropped to the input size.
 
         Args:
-            network: a ``RonnebergerUNet`` built with ``padding="valid"``.
+            network: a ``RonnebergerUNet`` (or any ``ModularUNet``) built with ``padding="valid"``.
             tile_output_size: output size of a tile along each axis, rounded up to the nearest valid output
                 size. Defaults to ``8 * 2**depth`` rounded up: a modest tile (per axis, depth 4: 316 input
                 -> 132 output pixels, a bit over half the paper's 572 -> 388 tile; depth 3: 156 -> 68).

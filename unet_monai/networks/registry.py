@@ -10,6 +10,10 @@ only its name::
 - ``norm``: "batch", "instance" or None (no normalisation), where the network supports it; each
   factory's default is its network's own default.
 Any other keyword argument is passed through to the underlying network class.
+
+The modular U-Net is registered as ``modular_<variant>`` for each of ``variants.VARIANTS``:
+``modular_unet`` (its slot arguments ``conv_block``, ``skip_conn``, ``down_op``, ``up_op`` default to the
+plain U-Net), ``modular_attention_unet``, ``modular_nas_unet`` and so on.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from collections.abc import Callable
 import torch.nn as nn
 from monai.networks.nets import AttentionUnet, BasicUNet, DynUNet, SegResNet, UNet
 
+from unet_monai.networks.modular import ModularUNet
 from unet_monai.networks.overlap_tile import OverlapTileNet
 from unet_monai.networks.ronneberger import RonnebergerUNet
+from unet_monai.networks.variants import VARIANTS, build_variant
 
 __all__ = ["create_network", "list_networks", "register_network"]
 
@@ -76,6 +82,13 @@ def create_network(name: str, **kwargs) -> nn.Module:
     return _NETWORK_REGISTRY[name](**kwargs)
 
 
+def _overlap_tile_if_valid(net: ModularUNet, tile_output_size: int | None) -> nn.Module:
+    """``net`` wrapped in OverlapTileNet (same-size output) when it has valid padding, else ``net``."""
+    if net.padding == "valid":
+        return OverlapTileNet(net, tile_output_size=tile_output_size)
+    return net
+
+
 def _level_channels(features: int, depth: int) -> tuple[int, ...]:
     """Channels per level, ``features * 2**i`` for i in 0..depth."""
     return tuple(features * 2**i for i in range(depth + 1))
@@ -108,9 +121,7 @@ def ronneberger_unet(
         norm=norm,
         **kwargs,
     )
-    if net.padding == "valid":
-        return OverlapTileNet(net, tile_output_size=tile_output_size)
-    return net
+    return _overlap_tile_if_valid(net, tile_output_size)
 
 
 @register_network
@@ -254,3 +265,43 @@ def segresnet(
         norm=norm,
         **kwargs,
     )
+
+
+def _modular_factory(variant: str) -> NetworkFactory:
+    """The registry factory of the modular U-Net variant ``variant``."""
+    defaults = VARIANTS[variant]
+
+    def factory(
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        features: int = 32,
+        depth: int = 4,
+        dropout: float = 0.0,
+        norm: str | None = defaults.norm,
+        tile_output_size: int | None = None,
+        **kwargs,
+    ) -> nn.Module:
+        net = build_variant(
+            variant,
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            features=features,
+            depth=depth,
+            dropout=dropout,
+            norm=norm,
+            **kwargs,
+        )
+        return _overlap_tile_if_valid(net, tile_output_size)
+
+    factory.__name__ = factory.__qualname__ = f"modular_{variant}"
+    factory.__doc__ = (
+        f"Modular U-Net, variant {variant!r}: {defaults}. Slot arguments (conv_block, skip_conn, down_op, "
+        "up_op) override the variant's; with padding='valid' the network is wrapped in OverlapTileNet."
+    )
+    return factory
+
+
+for _variant in VARIANTS:
+    register_network(_modular_factory(_variant))
