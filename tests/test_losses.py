@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import TverskyLoss
 
+from tests.conftest import HIPPOCAMPUS_BUNDLE
+from unet_monai.bundle import load_workflow
 from unet_monai.losses import LOSS_NAMES, FocalTverskyLoss, create_loss
 
 
@@ -104,3 +106,21 @@ def test_every_loss_gives_finite_gradients(name: str) -> None:
 def test_unknown_loss_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="unknown loss 'tversky2'.*dice_ce.*focal_tversky"):
         create_loss("tversky2")
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_NAMES))
+def test_bundle_config_selects_a_loss_by_name(name: str) -> None:
+    """A bundle's ``loss`` section names the loss; the trainer gets that loss."""
+    loss_section = {
+        "_target_": "unet_monai.losses.create_loss",
+        "name": name,
+        "to_onehot_y": True,
+        "softmax": True,
+    }
+    parser = load_workflow(HIPPOCAMPUS_BUNDLE, "train", loss=loss_section).parser
+    loss = parser.get_parsed_content("loss")
+    assert type(loss) is type(create_loss(name, to_onehot_y=True, softmax=True))
+    logits, labels = _logits_and_labels(5)
+    torch.testing.assert_close(
+        loss(logits, labels), create_loss(name, to_onehot_y=True, softmax=True)(logits, labels)
+    )
