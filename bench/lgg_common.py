@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import torch
 from ignite.engine import Events
 
 from unet_monai.bundle import load_workflow, run_workflow
@@ -17,18 +14,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "lgg_unet2d"
 DATA = REPO_ROOT.parent / "shared" / "data" / "lgg-kaggle3m-subset" / "kaggle_3m"
 CURVE_KEYS = ("train_epoch_loss", "train_dice", "val_loss", "val_dice")
-
-
-def machine() -> dict:
-    """Where a figure was measured."""
-    return {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.is_available(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

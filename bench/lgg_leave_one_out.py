@@ -19,7 +19,8 @@ import statistics
 import time
 from pathlib import Path
 
-from lgg_common import DATA, evaluate, machine, markdown_table, train
+from lgg_common import DATA, evaluate, markdown_table, train
+from machine import machine_info
 
 from unet_monai.bundle import parse_override
 from unet_monai.data.lgg_layout import lgg_datalist, patient_ids
@@ -95,7 +96,7 @@ def main() -> None:
     overrides |= dict(parse_override(text) for text in args.set)
     folds = args.folds or list(range(len(patient_ids(lgg_datalist(args.data, check=False)))))
     args.output.mkdir(parents=True, exist_ok=True)
-    result = {"bench": "lgg_leave_one_out", "machine": machine(), "overrides": overrides, "runs": []}
+    result = {"bench": "lgg_leave_one_out", "machine": machine_info(), "overrides": overrides, "runs": []}
     start = time.perf_counter()
     for recipe in args.recipes:
         for fold in folds:

@@ -27,7 +27,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from lgg_common import CURVE_KEYS, DATA, machine, markdown_table, train  # noqa: E402
+from lgg_common import CURVE_KEYS, DATA, markdown_table, train  # noqa: E402
+from machine import machine_info
 
 from unet_monai.bundle import parse_override  # noqa: E402
 
@@ -107,7 +108,7 @@ def main() -> None:
         common |= {"resize_to": [128, 128], "network_def#features": 8}
     common |= dict(parse_override(text) for text in args.set)
     args.output.mkdir(parents=True, exist_ok=True)
-    result = {"bench": "lgg_lr_batch_study", "machine": machine(), "common": common, "runs": []}
+    result = {"bench": "lgg_lr_batch_study", "machine": machine_info(), "common": common, "runs": []}
     start = time.perf_counter()
 
     def run(learning_rate: float, batch_size: int) -> dict:

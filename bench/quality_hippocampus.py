@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from machine import machine_info
 
 from unet_monai.bundle import parse_override, run_workflow
 
@@ -77,13 +75,7 @@ def main() -> None:
         print(json.dumps(runs[-1]), flush=True)
     result = {
         "bench": "quality_hippocampus",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "cuda": torch.cuda.is_available(),
-        },
+        "machine": machine_info(),
         "runs": runs,
     }
     print(json.dumps(result, indent=2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -82,3 +82,35 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_datas
     checkpoint = models / "model.pt"
     assert checkpoint.is_file()
     return checkpoint
+
+
+def assert_scripted_export_matches(
+    bundle: Path, checkpoint: Path, overrides: dict, shapes: Iterable[Sequence[int]], tmp_path: Path
+) -> None:
+    """``monai.bundle ckpt_export`` of ``checkpoint`` (scripted TorchScript, not traced) gives the
+    eager network's outputs for every input shape in ``shapes``."""
+    from monai.bundle import ckpt_export
+
+    from unet_monai.bundle import load_workflow
+
+    configs = bundle / "configs"
+    exported = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(exported),
+        ckpt_file=str(checkpoint),
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.json"),
+        bundle_root=str(bundle),
+        **overrides,
+    )
+    scripted = torch.jit.load(str(exported))
+    network = load_workflow(bundle, "inference", **overrides).parser.get_parsed_content("network_def")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    # ignite's Checkpoint saves a one-object save_dict as the network's state_dict itself.
+    network.load_state_dict(state.get("model", state))
+    network.eval()
+    with torch.no_grad():
+        for shape in shapes:
+            x = torch.randn(*shape)
+            torch.testing.assert_close(scripted(x), network(x))

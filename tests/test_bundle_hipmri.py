@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
+from monai.bundle import ConfigWorkflow, verify_net_in_out
 
-from tests.conftest import HIPPOCAMPUS, REPO_ROOT, require, run_monai_bundle
+from tests.conftest import HIPPOCAMPUS, REPO_ROOT, assert_scripted_export_matches, require, run_monai_bundle
 from unet_monai.bundle import load_workflow
 from unet_monai.data.hipmri_layout import (
     SPLITS,
@@ -303,14 +303,8 @@ def test_verify_net_in_out_and_torchscript_export(trained: tuple[Path, str], tmp
         "features": 4,
     }
     verify_net_in_out(**common)
-    exported = tmp_path / "model.ts"
     # Scripted (not traced), so the exported network takes any size divisible by 2**depth.
-    ckpt_export(filepath=str(exported), ckpt_file=str(bundle_root / "models" / "model.pt"), **common)
-    scripted = torch.jit.load(str(exported))
-    eager = load_workflow(BUNDLE, "inference", features=4).parser.get_parsed_content("network_def")
-    eager.load_state_dict(torch.load(bundle_root / "models" / "model.pt", map_location="cpu"))
-    eager.eval()
-    with torch.no_grad():
-        for shape in ([1, 1, 256, 256], [2, 1, 48, 64]):
-            x = torch.randn(shape)
-            torch.testing.assert_close(scripted(x), eager(x))
+    shapes = [(1, 1, 256, 256), (2, 1, 48, 64)]
+    assert_scripted_export_matches(
+        BUNDLE, bundle_root / "models" / "model.pt", {"features": 4}, shapes, tmp_path
+    )

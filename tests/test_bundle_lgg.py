@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from monai.bundle import ckpt_export, verify_net_in_out
+from monai.bundle import verify_net_in_out
 from monai.transforms import LoadImage
 
-from tests.conftest import REPO_ROOT, SHARED_DATA, require, run_monai_bundle
+from tests.conftest import REPO_ROOT, SHARED_DATA, assert_scripted_export_matches, require, run_monai_bundle
 from unet_monai.bundle import load_workflow, run_workflow
 from unet_monai.cli import main as cli_main
 from unet_monai.data.lgg_layout import (
@@ -262,23 +262,7 @@ def test_verify_net_in_out_and_torchscript_export(smoke_run: tuple[Path, str], t
     common = {"meta_file": str(CONFIGS / "metadata.json"), "config_file": str(CONFIGS / "inference.json")}
     verify_net_in_out(net_id="network_def", bundle_root=str(root), **common)
     verify_net_in_out(net_id="network_def", n=4, **{"network_def#features": 4}, **common)
-    exported = tmp_path / "model.ts"
     # Scripted (not traced): the exported network takes any size divisible by 2**depth.
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(exported),
-        ckpt_file=str(root / "models" / "model.pt"),
-        **{"network_def#features": 4},
-        **common,
-    )
-    scripted = torch.jit.load(str(exported))
-    network = load_workflow(LGG_BUNDLE, "inference", **{"network_def#features": 4}).parser.get_parsed_content(
-        "network_def"
-    )
-    # One-object save_dict: ignite's Checkpoint saves the network's state_dict itself, not {"model": ...}.
-    network.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu"))
-    network.eval()
-    with torch.no_grad():
-        for shape in ([2, 3, 256, 256], [1, 3, 48, 80]):  # the data's size and a non-square one
-            x = torch.randn(shape)
-            torch.testing.assert_close(scripted(x), network(x))
+    shapes = [(2, 3, 256, 256), (1, 3, 48, 80)]  # the data's size and a non-square one
+    overrides = {"network_def#features": 4}
+    assert_scripted_export_matches(LGG_BUNDLE, root / "models" / "model.pt", overrides, shapes, tmp_path)

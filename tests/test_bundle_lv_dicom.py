@@ -16,13 +16,13 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
+from monai.bundle import ConfigWorkflow, verify_net_in_out
 from monai.losses import DiceLoss
 from monai.transforms import Compose, LoadImage
 from PIL import Image
 from pydicom.pixels import apply_modality_lut
 
-from tests.conftest import REPO_ROOT, SHARED_DATA, require, run_monai_bundle
+from tests.conftest import REPO_ROOT, SHARED_DATA, assert_scripted_export_matches, require, run_monai_bundle
 from unet_monai.bundle import load_workflow, run_workflow
 from unet_monai.cli import main
 from unet_monai.data.lv_fixture import ENCODINGS, build_lv_fixture
@@ -308,15 +308,7 @@ def test_monai_bundle_checks_and_exports_the_network(
         **TINY_NETWORK,
     }
     verify_net_in_out(**common)
-    exported = tmp_path / "model.ts"
-    ckpt_export(filepath=str(exported), ckpt_file=str(bundle_root / "models" / "model.pt"), **common)
-    scripted = torch.jit.load(str(exported))
-    assert isinstance(scripted, torch.jit.RecursiveScriptModule) and "forward" in scripted.code
-    network = load_workflow(LV_BUNDLE, "inference", **TINY_NETWORK).parser.get_parsed_content("network_def")
-    state = torch.load(bundle_root / "models" / "model.pt", map_location="cpu", weights_only=True)
-    network.load_state_dict(state.get("model", state))
-    network.eval()
-    for shape in ((1, 1, 128, 128), (2, 1, 240, 240)):
-        image = torch.rand(*shape)
-        with torch.no_grad():
-            torch.testing.assert_close(scripted(image), network(image))
+    shapes = [(1, 1, 128, 128), (2, 1, 240, 240)]
+    assert_scripted_export_matches(
+        LV_BUNDLE, bundle_root / "models" / "model.pt", TINY_NETWORK, shapes, tmp_path
+    )
