@@ -1,12 +1,16 @@
 """Quality against training time for the hippocampus bundle: train, evaluate, print JSON.
 
-Each run trains ``bundles/hippocampus_unet2d`` with the given number of epochs (and any config
-overrides), times it, then evaluates the best checkpoint on the held-out validation cases with the
-bundle's ``evaluate.json`` (whole volumes, the inference-time settings: TTA and fusion as configured).
-Several ``--epochs`` values give the quality-vs-time curve.
+Each run trains every member of ``bundles/hippocampus_unet2d`` (one network per slice direction,
+``members`` in ``train.json``) for the given number of epochs, or each for its own number by
+default, with any config overrides, times it, then evaluates the members' best checkpoints
+together on the held-out validation cases with the bundle's ``evaluate.json`` (whole volumes, the
+inference-time settings: fusion of the slice directions and mirror TTA).
 
+    python bench/quality_hippocampus.py                            # the bundle's default
     python bench/quality_hippocampus.py --epochs 10 25 50 --output bench/results/quality.json
-    python bench/quality_hippocampus.py --epochs 20 --set slice_axis=[0,1,2] --set roi_size=[64,64]
+    # one axial network, as in rows 1 to 10 of the bundle's study
+    python bench/quality_hippocampus.py --epochs 45 \
+        --set 'members=[{"slice_axis": 2, "roi_size": [48, 64], "epochs": 45}]'
 """
 
 from __future__ import annotations
@@ -19,19 +23,26 @@ from pathlib import Path
 
 from machine import machine_info
 
-from unet_monai.bundle import parse_override, run_workflow
+from unet_monai.bundle import load_workflow, parse_override, run_workflow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "hippocampus_unet2d"
 DATA = REPO_ROOT.parent / "shared" / "data" / "msd-hippocampus"
 
 
-def train_and_evaluate(epochs: int, overrides: dict, data_dir: Path, work_dir: Path) -> dict:
-    """One run: train ``epochs`` epochs into ``work_dir``, evaluate the best checkpoint; metrics as a dict."""
+def train_and_evaluate(epochs: int | None, overrides: dict, data_dir: Path, work_dir: Path) -> dict:
+    """One run: train every ensemble member into ``work_dir`` (each for ``epochs`` epochs, or its own
+    number when ``epochs`` is None), evaluate the best checkpoints together; metrics as a dict."""
     common = {"dataset_dir": str(data_dir), "bundle_root": str(work_dir), **overrides}
-    start = time.perf_counter()
-    run_workflow(BUNDLE, "train", **common, **{"train#trainer#max_epochs": epochs})
-    train_seconds = time.perf_counter() - start
+    if epochs is not None:
+        common["train#trainer#max_epochs"] = epochs
+    members = load_workflow(BUNDLE, "train", **common).parser.get("members")
+    member_seconds = []
+    for member in range(len(members)):
+        start = time.perf_counter()
+        run_workflow(BUNDLE, "train", **common, member=member)
+        member_seconds.append(round(time.perf_counter() - start, 1))
+    train_seconds = sum(member_seconds)
     start = time.perf_counter()
     evaluation = run_workflow(BUNDLE, "evaluate", **common)
     evaluate_seconds = time.perf_counter() - start
@@ -40,7 +51,9 @@ def train_and_evaluate(epochs: int, overrides: dict, data_dir: Path, work_dir: P
     return {
         "epochs": epochs,
         "overrides": overrides,
+        "members": members,
         "train_seconds": round(train_seconds, 1),
+        "member_train_seconds": member_seconds,
         "evaluate_seconds": round(evaluate_seconds, 1),
         "val_dice": {name: float(metrics[f"val_dice_{name}"]) for name in class_names}
         | {"mean": float(metrics["val_mean_dice"])},
@@ -52,21 +65,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--epochs", type=int, nargs="+", default=[50], help="one run per value")
+    parser.add_argument(
+        "--epochs", type=int, nargs="+", default=[None], help="one run per value (default: each member's own)"
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="bundle config override"
     )
     parser.add_argument("--data", type=Path, default=DATA, help="MSD hippocampus folder")
     parser.add_argument("--output", type=Path, help="also write the JSON here")
     parser.add_argument(
-        "--keep", type=Path, help="train in KEEP/epochs_N and keep it (checkpoint, TensorBoard logs, masks)"
+        "--keep",
+        type=Path,
+        help="train in KEEP/epochs_N (KEEP/default) and keep it (checkpoints, TensorBoard logs, masks)",
     )
     args = parser.parse_args()
     overrides = dict(parse_override(text) for text in args.set)
     runs = []
     for epochs in args.epochs:
         if args.keep is not None:
-            work_dir = args.keep / f"epochs_{epochs}"
+            work_dir = args.keep / ("default" if epochs is None else f"epochs_{epochs}")
             work_dir.mkdir(parents=True, exist_ok=True)
             runs.append(train_and_evaluate(epochs, overrides, args.data, work_dir))
         else:

@@ -17,8 +17,12 @@ HIPPOCAMPUS = SHARED_DATA / "msd-hippocampus"
 SPINALCORD = SHARED_DATA / "spinalcord"
 HIPPOCAMPUS_BUNDLE = REPO_ROOT / "bundles" / "hippocampus_unet2d"
 
+# One axial network instead of the bundle's three-direction ensemble: what the test trainings train
+# and what inference / evaluation of their checkpoints must then be told.
+AXIAL_ONLY = {"members": [{"slice_axis": 2, "roi_size": [48, 64], "epochs": 1}]}
 # Small, fast settings for test trainings of the hippocampus bundle.
 FAST_TRAIN = {
+    **AXIAL_ONLY,
     "train#trainer#max_epochs": 1,
     "val_interval": 1,
     "num_samples": 4,

@@ -11,11 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, require
+from tests.conftest import AXIAL_ONLY, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, require
 from unet_monai.cli import main
 from unet_monai.networks import list_networks
 
-SMALL_NETWORK = ["--set", "network_def#features=8"]
+# A small axial network (one member, not the bundle's three-direction ensemble).
+SMALL_NETWORK = ["--set", "network_def#features=8", "--set", "members=" + json.dumps(AXIAL_ONLY["members"])]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -49,6 +50,12 @@ def test_help_explains_each_command(command: str, expected: str) -> None:
 
 
 def test_train_infer_evaluate(tmp_path: Path, synthetic_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    """Train an ensemble of two slice directions (each member in turn), infer with both, evaluate."""
+    members = [
+        {"slice_axis": 2, "roi_size": [48, 64], "epochs": 1},
+        {"slice_axis": 0, "roi_size": [48, 48], "epochs": 1},
+    ]
+    two_members = ["--set", "network_def#features=8", "--set", "members=" + json.dumps(members)]
     models = tmp_path / "models"
     code = main(
         [
@@ -59,7 +66,7 @@ def test_train_infer_evaluate(tmp_path: Path, synthetic_dataset: Path, capsys: p
             str(synthetic_dataset),
             "--epochs",
             "1",
-            *SMALL_NETWORK,
+            *two_members,
             "--set",
             "val_interval=1",
             "--set",
@@ -68,8 +75,10 @@ def test_train_infer_evaluate(tmp_path: Path, synthetic_dataset: Path, capsys: p
             f"output_dir={tmp_path / 'runs'}",
         ]
     )
-    assert code == 0 and (models / "model.pt").is_file()
-    assert str(models / "model.pt") in capsys.readouterr().out
+    assert code == 0 and (models / "model.pt").is_file() and (models / "model_member1.pt").is_file()
+    out = capsys.readouterr().out
+    assert "member 0 of 2 (slice axis 2 )" in out and "member 1 of 2 (slice axis 0 )" in out
+    assert str(models / "model.pt") in out and str(models / "model_member1.pt") in out
 
     images = synthetic_dataset / "imagesTr"
     masks = tmp_path / "masks"
@@ -79,7 +88,7 @@ def test_train_infer_evaluate(tmp_path: Path, synthetic_dataset: Path, capsys: p
         str(HIPPOCAMPUS_BUNDLE),
         "--checkpoint",
         str(models / "model.pt"),
-        *SMALL_NETWORK,
+        *two_members,
     ]
     assert main([*args, "--input", str(images), "--output", str(masks)]) == 0
     written = sorted(p.name for p in masks.iterdir())

@@ -11,7 +11,7 @@ import pytest
 import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
 
-from tests.conftest import HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, SPINALCORD, require
+from tests.conftest import AXIAL_ONLY, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, SPINALCORD, require
 from unet_monai.bundle import load_workflow, run_workflow
 from unet_monai.inference import volume_inferer
 from unet_monai.networks import create_network
@@ -33,6 +33,7 @@ def _infer(inputs: list[Path], output_dir: Path, checkpoint: Path) -> None:
         ckpt_path=str(checkpoint),
         output_dir=str(output_dir),
         **{"network_def#features": 8},
+        **AXIAL_ONLY,
     )
 
 
@@ -153,6 +154,7 @@ def test_keep_largest_component_option(tmp_path: Path, trained_checkpoint: Path)
             output_dir=str(tmp_path / name),
             keep_largest_labels=labels,
             **{"network_def#features": 8},
+            **AXIAL_ONLY,
         )
     for plain_path in sorted((tmp_path / "plain").glob("*_seg.nii.gz")):
         plain = np.asarray(nib.load(plain_path).dataobj)

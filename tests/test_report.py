@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from tests.conftest import HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, SHARED_DATA, require
+from tests.conftest import AXIAL_ONLY, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, SHARED_DATA, require
 from unet_monai.bundle import load_workflow
 from unet_monai.cli import main
 from unet_monai.data import case_name
@@ -182,6 +182,7 @@ def test_bundle_evaluate_writes_the_full_report(
         output_dir=str(tmp_path),
         train_log_dir=str(trained_checkpoint.parent / "runs"),
         **{"network_def#features": 8},
+        **AXIAL_ONLY,
     )
     workflow.initialize()
     assert workflow.check_properties() == []

@@ -35,15 +35,24 @@ def _image_files(path: Path) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from unet_monai.bundle import run_workflow
+    """Train the bundle; a bundle with ``members`` (an ensemble) trains each member in turn."""
+    from unet_monai.bundle import load_workflow, run_workflow
 
     overrides = _overrides(args)
     if args.data is not None:
         overrides["dataset_dir"] = str(Path(args.data).resolve())
     if args.epochs is not None:
         overrides["train#trainer#max_epochs"] = args.epochs
-    workflow = run_workflow(args.bundle, "train", **overrides)
-    print(f"best checkpoint: {Path(workflow.parser.get_parsed_content('ckpt_dir')) / 'model.pt'}")
+    members = load_workflow(args.bundle, "train", **overrides).parser.get("members")
+    if "member" in overrides or not isinstance(members, list):
+        runs = [overrides]
+    else:
+        runs = [overrides | {"member": k} for k in range(len(members))]
+    for run in runs:
+        workflow = run_workflow(args.bundle, "train", **run)
+        parser = workflow.parser
+        name = parser.get_parsed_content("member_checkpoint") if "member_checkpoint" in parser else "model.pt"
+        print(f"best checkpoint: {Path(parser.get_parsed_content('ckpt_dir')) / name}")
     return 0
 
 

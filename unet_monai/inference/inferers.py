@@ -10,6 +10,7 @@ from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.utils import convert_to_dst_type
 
 from unet_monai.inference.tta import MirrorTTAInferer
+from unet_monai.networks.axis_ensemble import AxisEnsemble
 from unet_monai.transforms.slices import stack_neighbour_slices
 
 
@@ -21,8 +22,12 @@ class SliceEnsembleInferer(Inferer):
     axes are averaged (multi-axis fusion). The output is the log of that average, so a downstream
     softmax gives the fused probabilities back.
 
+    With an ``AxisEnsemble`` as the network, member ``k`` segments the slices along
+    ``slice_axes[k]`` (its own axis); any other network segments the slices of every axis.
+
     Args:
-        roi_size: the network's 2D input size; large enough for the slices of every axis, or they are tiled.
+        roi_size: the network's 2D input size (the slices of every axis are padded to it, or
+            tiled), or one 2D size per slice axis.
         slice_axes: volume axes to slice along, e.g. ``[2]`` or ``[0, 1, 2]``.
         neighbours: slices on each side stacked as channels (0: plain 2D).
         sw_batch_size, overlap, mode, progress: as for ``SliceInferer``.
@@ -30,7 +35,7 @@ class SliceEnsembleInferer(Inferer):
 
     def __init__(
         self,
-        roi_size: Sequence[int],
+        roi_size: Sequence[int] | Sequence[Sequence[int]],
         slice_axes: Sequence[int],
         neighbours: int = 0,
         sw_batch_size: int = 64,
@@ -41,31 +46,55 @@ class SliceEnsembleInferer(Inferer):
         super().__init__()
         self.slice_axes = list(slice_axes)
         self.neighbours = neighbours
+        roi_sizes = per_axis_roi_sizes(roi_size, self.slice_axes)
         self.inferers = [
             SliceInferer(
-                roi_size=list(roi_size),
+                roi_size=axis_roi_size,
                 spatial_dim=axis,
                 sw_batch_size=sw_batch_size,
                 overlap=overlap,
                 mode=mode,
                 progress=progress,
             )
-            for axis in self.slice_axes
+            for axis, axis_roi_size in zip(self.slice_axes, roi_sizes, strict=True)
         ]
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        members = [network] * len(self.slice_axes)
+        if isinstance(network, AxisEnsemble):
+            if network.slice_axes != self.slice_axes:
+                raise ValueError(
+                    f"the AxisEnsemble's members segment axes {network.slice_axes}, "
+                    f"the inferer slices along {self.slice_axes}"
+                )
+            members = list(network.members)
         total = None
-        for axis, inferer in zip(self.slice_axes, self.inferers, strict=True):
+        for axis, inferer, member in zip(self.slice_axes, self.inferers, members, strict=True):
             stacked = torch.stack([stack_neighbour_slices(item, axis, self.neighbours) for item in inputs])
-            probabilities = torch.softmax(inferer(stacked, network, *args, **kwargs), dim=1)
+            probabilities = torch.softmax(inferer(stacked, member, *args, **kwargs), dim=1)
             total = probabilities if total is None else total + probabilities
         fused = torch.log((total / len(self.slice_axes)).clamp_min(1e-8))
         # Carry the input's metadata (affine, applied transforms) as MONAI's own inferers do.
         return convert_to_dst_type(fused, inputs)[0]
 
 
+def per_axis_roi_sizes(
+    roi_size: Sequence[int] | Sequence[Sequence[int]], slice_axes: Sequence[int]
+) -> list[list[int]]:
+    """One 2D roi size per slice axis: ``roi_size`` repeated, or checked when it is already one per axis."""
+    if all(isinstance(size, int) for size in roi_size):
+        sizes = [list(roi_size)] * len(slice_axes)
+    else:
+        sizes = [list(size) for size in roi_size]
+    if len(sizes) != len(slice_axes) or any(len(size) != 2 for size in sizes):
+        raise ValueError(
+            f"roi_size {list(roi_size)}: need one 2D size, or one per slice axis {list(slice_axes)}"
+        )
+    return sizes
+
+
 def volume_inferer(
-    roi_size: Sequence[int],
+    roi_size: Sequence[int] | Sequence[Sequence[int]],
     slice_axis: int | Sequence[int] | None = 2,
     neighbours: int = 0,
     sw_batch_size: int = 64,
@@ -83,7 +112,8 @@ def volume_inferer(
     Gaussian weight (``mode="gaussian"``) so that window borders do not show.
 
     Args:
-        roi_size: the network's input size: 2D for slices, 3D for volumes.
+        roi_size: the network's input size: 2D for slices, 3D for volumes; or one 2D size per
+            slice axis (for an ``AxisEnsemble`` whose members were trained on different sizes).
         slice_axis: the volume's spatial axis (0, 1, 2) to slice along, several axes to fuse
             (``SliceEnsembleInferer``), or ``None`` for 3D windows.
         neighbours: 2.5D input: slices on each side stacked as channels, as in training.
@@ -96,10 +126,8 @@ def volume_inferer(
     """
     if slice_axis is not None and (not isinstance(slice_axis, int) or neighbours > 0):
         axes = [slice_axis] if isinstance(slice_axis, int) else list(slice_axis)
-        if len(roi_size) != 2 or any(axis not in (0, 1, 2) for axis in axes):
-            raise ValueError(
-                f"slice axes {axes} with roi_size {list(roi_size)}: need axes in 0..2 and a 2D roi"
-            )
+        if any(axis not in (0, 1, 2) for axis in axes):
+            raise ValueError(f"slice axes {axes}: need axes in 0..2")
         inferer: Inferer = SliceEnsembleInferer(
             roi_size, axes, neighbours, sw_batch_size, overlap, mode, progress
         )

@@ -1,5 +1,11 @@
 """Segmentation networks: the modular U-Net, its variants, the Ronneberger U-Net, overlap-tile, a registry."""
 
+from unet_monai.networks.axis_ensemble import (
+    AxisEnsemble,
+    axis_ensemble,
+    load_member_checkpoints,
+    member_checkpoints,
+)
 from unet_monai.networks.modular import ModularUNet
 from unet_monai.networks.overlap_tile import OverlapTileNet
 from unet_monai.networks.registry import create_network, list_networks, register_network
@@ -7,6 +13,10 @@ from unet_monai.networks.ronneberger import RonnebergerUNet, valid_input_size, v
 from unet_monai.networks.variants import VARIANTS, build_variant, features_for_budget
 
 __all__ = [
+    "AxisEnsemble",
+    "axis_ensemble",
+    "load_member_checkpoints",
+    "member_checkpoints",
     "VARIANTS",
     "ModularUNet",
     "OverlapTileNet",
