@@ -102,7 +102,7 @@ def main() -> None:
     print(f"{'epochs':>6} {'train s':>8} " + " ".join(f"{k:>10}" for k in runs[0]["val_dice"]))
     for run in runs:
         print(
-            f"{run['epochs']:>6} {run['train_seconds']:>8} "
+            f"{str(run['epochs']):>6} {run['train_seconds']:>8} "
             + " ".join(f"{v:>10.4f}" for v in run["val_dice"].values())
         )
 
