@@ -283,7 +283,8 @@ def test_verify_net_in_out_and_torchscript_export(smoke_run: tuple[Path, str], t
     assert_scripted_export_matches(BUNDLE, root / "models" / "model.pt", network, [(2, 2, 48, 48)], tmp_path)
 
 
-def test_study_smoke_writes_json_table_and_plot(tmp_path: Path) -> None:
+def test_study_smoke_writes_json_table_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))  # bench scripts import their siblings
     spec = importlib.util.spec_from_file_location(
         "brats_variants_study", REPO_ROOT / "bench" / "brats_variants_study.py"
     )
