@@ -62,6 +62,7 @@ LOSS_NAMES: dict[str, Callable[..., nn.Module]] = {
     "dice": DiceLoss,
     "squared_dice": lambda **kwargs: DiceLoss(squared_pred=True, **kwargs),
     "ce": _cross_entropy,
+    "bce": lambda **kwargs: _cross_entropy(**{**kwargs, "sigmoid": True, "softmax": False}),
     "dice_ce": DiceCELoss,
     "focal_tversky": FocalTverskyLoss,
 }
@@ -70,7 +71,8 @@ LOSS_NAMES: dict[str, Callable[..., nn.Module]] = {
 def create_loss(name: str, **kwargs) -> nn.Module:
     """The loss called ``name`` (see ``LOSS_NAMES``), built with ``kwargs``.
 
-    ``ce`` is cross-entropy with ``softmax=True`` and binary cross-entropy with ``sigmoid=True``.
+    ``ce`` is cross-entropy with ``softmax=True`` and binary cross-entropy with ``sigmoid=True``;
+    ``bce`` is always binary cross-entropy (sigmoid per channel).
     """
     if name not in LOSS_NAMES:
         raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSS_NAMES))}.")
