@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -73,6 +74,9 @@ def evaluate(overrides: dict, work_dir: Path, checkpoint: str = "model.pt", tag:
         **overrides,
     )
     metrics = workflow.parser.get_parsed_content("validate#evaluator").state.metrics
-    return {key: round(float(value), 4) for key, value in metrics.items()} | {
-        "seconds": round(time.perf_counter() - start, 1)
-    }
+    result = {key: round(float(value), 4) for key, value in metrics.items()}
+    # patient_dice.csv: the written masks, after the 3D largest-component step when the recipe has it.
+    with (work_dir / f"eval_{Path(checkpoint).stem}{tag}" / "patient_dice.csv").open() as handle:
+        rows = {row["patient"]: float(row["dice"]) for row in csv.DictReader(handle)}
+    result["patient_dice_written"] = rows["mean"]
+    return result | {"seconds": round(time.perf_counter() - start, 1)}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.ndimage
 import tifffile
 import torch
 from monai.bundle import verify_net_in_out
@@ -112,6 +113,12 @@ def test_chains_read_channels_first_and_binarise_the_mask() -> None:
     zscored = build_lgg_eval_transforms(intensity="zscore", resize_to=[128, 128])(dict(item))
     assert zscored["image"].shape == (3, 128, 128) and zscored["label"].shape == (1, 256, 256)
     assert torch.allclose(zscored["image"].mean(dim=(1, 2)), torch.zeros(3), atol=1e-4)
+    # ``channels`` keeps some of the three: [1] is FLAIR alone, the same pixels as channel 1 of all three.
+    flair = build_lgg_train_transforms(intensity="range", channels=[1])(dict(item))
+    assert flair["image"].shape == (1, 256, 256)
+    np.testing.assert_allclose(flair["image"][0].numpy(), sample["image"][1].numpy())
+    flair_eval = build_lgg_eval_transforms(intensity="zscore", resize_to=[128, 128], channels=[1])(dict(item))
+    assert flair_eval["image"].shape == (1, 128, 128)
 
 
 def test_image_without_its_mask(tmp_path: Path) -> None:
@@ -231,6 +238,18 @@ def test_evaluate_and_infer_with_the_trained_checkpoint(smoke_run: tuple[Path, s
     assert {"val_dice", "val_slice_dice", "val_loss"} <= set(metrics) and 0.0 <= metrics["val_dice"] <= 1.0
     assert len(list((root / "eval" / "pred").glob("*_seg.tif"))) == 20
     assert (root / "eval" / "val_slice_dice_raw.csv").is_file()
+    # "ours" keeps the largest 3D component of the patient's masks, then scores the written masks.
+    images = sorted((LGG / "TCGA_CS_4942_19970222").glob("*_[0-9]*.tif"))
+    images = [image for image in images if not image.stem.endswith("_mask")]
+    predicted = np.stack([tifffile.imread(root / "eval" / "pred" / f"{i.stem}_seg.tif") > 0 for i in images])
+    truth = np.stack([tifffile.imread(i.with_name(f"{i.stem}_mask.tif")) > 0 for i in images])
+    labels, count = scipy.ndimage.label(predicted, structure=np.ones((3, 3, 3)))
+    assert count <= 1, "more than one 3D component left"
+    total = predicted.sum() + truth.sum()
+    expected = 1.0 if total == 0 else 2 * np.logical_and(predicted, truth).sum() / total
+    rows = (root / "eval" / "patient_dice.csv").read_text().splitlines()
+    assert rows[0] == "patient,dice" and rows[1].startswith("TCGA_CS_4942_19970222,")
+    assert float(rows[1].split(",")[1]) == pytest.approx(expected, abs=1e-4)
     # `unet-monai infer` on a patient folder as it is: masks are skipped, one mask per image comes back.
     patient = LGG / "TCGA_CS_4942_19970222"
     settings = ["--set", "resize_to=[64,64]", "--set", "network_def#features=4"]

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 from monai.data import PILReader
 from monai.transforms import (
     AsDiscreted,
@@ -29,6 +31,7 @@ from monai.transforms import (
     DivisiblePadd,
     EnsureChannelFirstd,
     EnsureTyped,
+    Lambdad,
     LoadImaged,
     RandFlipd,
     Resized,
@@ -39,7 +42,7 @@ from unet_monai.transforms.chains import augmentation_transforms, intensity_tran
 MASK_SUFFIX = "_mask"
 TIFF_SUFFIXES = (".tif", ".tiff")
 # ``<patient>_<n>``: the slice number is the last underscore-separated field of the stem.
-_SLICE_NUMBER = re.compile(r"_(\d+)$")
+SLICE_NUMBER = re.compile(r"_(\d+)$")
 # The 8-bit range the original project divided by; "zscore" normalises per image and channel instead.
 UINT8_RANGE = (0.0, 255.0)
 
@@ -106,7 +109,7 @@ def is_mask(path: str | Path) -> bool:
 
 
 def _slice_number(path: Path) -> int:
-    match = _SLICE_NUMBER.search(path.stem)
+    match = SLICE_NUMBER.search(path.stem)
     return int(match.group(1)) if match else -1
 
 
@@ -226,13 +229,25 @@ def held_out_patients(items: Sequence[dict], fold: int = 0, num_folds: int | Non
     return patient_ids(split_by_patient(items, fold, num_folds)[1])
 
 
-def _load_and_scale(keys: list[str], intensity: str, resize_to: Sequence[int] | None) -> list:
-    """Read (PILReader), channel-first, binarise the mask (255 -> 1), scale intensities, resize."""
+def select_channels(image: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
+    """The channels ``channels`` of a channel-first image (e.g. ``[1]``: FLAIR only)."""
+    return image[list(channels)]
+
+
+def _load_and_scale(
+    keys: list[str],
+    intensity: str,
+    resize_to: Sequence[int] | None,
+    channels: Sequence[int] | None = None,
+) -> list:
+    """Read (PILReader), channel-first, keep ``channels``, binarise the mask, scale, resize."""
     image_key = keys[0]
     transforms: list = [
         LoadImaged(keys=keys, reader=PILReader, image_only=True),
         EnsureChannelFirstd(keys=keys),
     ]
+    if channels is not None:
+        transforms.append(Lambdad(keys=image_key, func=partial(select_channels, channels=list(channels))))
     if len(keys) > 1:
         transforms.append(AsDiscreted(keys=keys[1], threshold=0.5))
     transforms += intensity_transform(image_key, intensity, a_min=UINT8_RANGE[0], a_max=UINT8_RANGE[1])
@@ -251,6 +266,7 @@ def build_lgg_train_transforms(
     scale: float = 0.1,
     flip_axes: Sequence[int] = (),
     intensity_augment: bool = False,
+    channels: Sequence[int] | None = None,
 ) -> Compose:
     """Training chain for slices of the layout (``image`` and ``label`` keys).
 
@@ -260,9 +276,10 @@ def build_lgg_train_transforms(
         augment: random affine (``rotate_degrees``, ``scale``) with probability ``aug_prob``.
         flip_axes: spatial axes to mirror with probability 0.5 (0 is left-right in these slices).
         intensity_augment: noise, intensity scale / shift and gamma (with ``augment``).
+        channels: the image channels to keep (0 pre-contrast, 1 FLAIR, 2 post-contrast); ``None``: all.
     """
     keys = ["image", "label"]
-    transforms = _load_and_scale(keys, intensity, resize_to)
+    transforms = _load_and_scale(keys, intensity, resize_to, channels)
     transforms.append(EnsureTyped(keys=keys, dtype="float32", track_meta=False))
     transforms += [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in flip_axes]
     if augment:
@@ -277,6 +294,7 @@ def build_lgg_eval_transforms(
     resize_to: Sequence[int] | None = None,
     with_label: bool = True,
     divisible_by: int = 16,
+    channels: Sequence[int] | None = None,
 ) -> Compose:
     """Validation / inference chain: the slice, read, scaled, resized and padded to ``divisible_by``.
 
@@ -284,7 +302,7 @@ def build_lgg_eval_transforms(
     brought back to it with ``Invertd`` (``orig_keys="image"``) before any metric.
     """
     keys = ["image", "label"] if with_label else ["image"]
-    transforms = _load_and_scale(keys, intensity, None)
+    transforms = _load_and_scale(keys, intensity, None, channels)
     if resize_to is not None:
         transforms.append(Resized(keys="image", spatial_size=list(resize_to), mode="bilinear"))
     transforms += [DivisiblePadd(keys="image", k=divisible_by), EnsureTyped(keys=keys, dtype="float32")]
