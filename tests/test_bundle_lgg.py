@@ -121,6 +121,19 @@ def test_chains_read_channels_first_and_binarise_the_mask() -> None:
     assert flair_eval["image"].shape == (1, 128, 128)
 
 
+def test_patient_zscore_uses_the_whole_patient() -> None:
+    items = lgg_datalist(require(LGG), [PATIENT])
+    chain = build_lgg_train_transforms(intensity="zscore_patient", channels=[1])
+    stack = torch.stack([chain(dict(item))["image"] for item in items])
+    assert stack.shape == (len(items), 1, 256, 256)
+    # over the patient's slices together: mean 0, std 1; a single slice is not standardised on its own
+    assert abs(stack.mean().item()) < 1e-4 and stack.std().item() == pytest.approx(1.0, abs=1e-3)
+    flair = np.stack([tifffile.imread(item["image"])[..., 1] for item in items]).astype(np.float64)
+    one = items[12]
+    expected = (tifffile.imread(one["image"])[..., 1].T - flair.mean()) / flair.std()
+    np.testing.assert_allclose(chain(dict(one))["image"][0].numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_image_without_its_mask(tmp_path: Path) -> None:
     folder = _patient_copy(tmp_path)
     (folder / f"{PATIENT}_12_mask.tif").unlink()

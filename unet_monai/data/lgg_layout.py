@@ -33,6 +33,7 @@ from monai.transforms import (
     EnsureTyped,
     Lambdad,
     LoadImaged,
+    MapTransform,
     RandFlipd,
     Resized,
 )
@@ -234,6 +235,52 @@ def select_channels(image: torch.Tensor, channels: Sequence[int]) -> torch.Tenso
     return image[list(channels)]
 
 
+def patient_of(image: str | Path) -> str:
+    """``.../TCGA_CS_4941_19960909_12.tif`` -> ``TCGA_CS_4941_19960909``."""
+    image = Path(image)
+    match = SLICE_NUMBER.search(image.stem)
+    if match is None:
+        raise ValueError(f"{image}: name is not <patient>_<slice number>.tif")
+    return image.stem[: match.start()]
+
+
+class PatientZScored(MapTransform):
+    """Z-score each channel with the mean and std of the whole patient, not of the slice.
+
+    The statistics come from every ``<patient>_<n>.tif`` beside the slice (read once per patient and
+    kept), so all slices of a patient share one scale, as per-volume normalisation (nnU-Net) does
+    for 3D MRI; a tumour that fills half a slice no longer shifts that slice's scale.
+    """
+
+    def __init__(self, keys: str, channels: Sequence[int] | None = None) -> None:
+        super().__init__(keys)
+        self.channels = None if channels is None else list(channels)
+        self._statistics: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+
+    def statistics(self, image: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std over every slice of the image's patient (3 channels)."""
+        key = image.parent / patient_of(image)
+        if key not in self._statistics:
+            pattern = re.compile(re.escape(key.name) + r"_\d+$")
+            slices = [p for p in tiff_images(image.parent) if pattern.fullmatch(p.stem)]
+            pixels = np.concatenate([read_tiff(p).reshape(-1, 3) for p in slices]).astype(np.float64)
+            self._statistics[key] = (pixels.mean(axis=0), np.maximum(pixels.std(axis=0), 1e-8))
+        return self._statistics[key]
+
+    def __call__(self, data: dict) -> dict:
+        data = dict(data)
+        for key in self.key_iterator(data):
+            image = data[key]
+            mean, std = self.statistics(Path(image.meta["filename_or_obj"]))
+            if self.channels is not None:
+                mean, std = mean[self.channels], std[self.channels]
+            shape = (-1,) + (1,) * (image.ndim - 1)
+            mean_t = torch.as_tensor(mean, dtype=image.dtype).reshape(shape)
+            std_t = torch.as_tensor(std, dtype=image.dtype).reshape(shape)
+            data[key] = (image - mean_t) / std_t
+        return data
+
+
 def _load_and_scale(
     keys: list[str],
     intensity: str,
@@ -250,7 +297,10 @@ def _load_and_scale(
         transforms.append(Lambdad(keys=image_key, func=partial(select_channels, channels=list(channels))))
     if len(keys) > 1:
         transforms.append(AsDiscreted(keys=keys[1], threshold=0.5))
-    transforms += intensity_transform(image_key, intensity, a_min=UINT8_RANGE[0], a_max=UINT8_RANGE[1])
+    if intensity == "zscore_patient":
+        transforms.append(PatientZScored(keys=image_key, channels=channels))
+    else:
+        transforms += intensity_transform(image_key, intensity, a_min=UINT8_RANGE[0], a_max=UINT8_RANGE[1])
     if resize_to is not None:
         modes = ["bilinear" if key == image_key else "nearest" for key in keys]
         transforms.append(Resized(keys=keys, spatial_size=list(resize_to), mode=modes))
@@ -271,7 +321,8 @@ def build_lgg_train_transforms(
     """Training chain for slices of the layout (``image`` and ``label`` keys).
 
     Args:
-        intensity: "range" (divide by 255, the original project) or "zscore" (per image and channel).
+        intensity: "range" (divide by 255, the original project), "zscore" (per slice and channel)
+            or "zscore_patient" (per patient and channel: ``PatientZScored``).
         resize_to: resize images (bilinear) and masks (nearest) to this size; ``None`` keeps 256x256.
         augment: random affine (``rotate_degrees``, ``scale``) with probability ``aug_prob``.
         flip_axes: spatial axes to mirror with probability 0.5 (0 is left-right in these slices).

@@ -20,7 +20,7 @@ import torch
 from monai.transforms import KeepLargestConnectedComponent
 from PIL import Image
 
-from unet_monai.data.lgg_layout import SLICE_NUMBER, lgg_image_files, mask_path
+from unet_monai.data.lgg_layout import lgg_image_files, mask_path, patient_of
 
 SEG_POSTFIX = "_seg"
 
@@ -35,11 +35,8 @@ def slices_by_patient(images: Sequence[str | Path]) -> dict[str, list[Path]]:
     """Image paths grouped by patient (``<patient>_<n>`` stems), each group in slice order."""
     groups: dict[str, list[tuple[int, Path]]] = {}
     for image in map(Path, images):
-        match = SLICE_NUMBER.search(image.stem)
-        if match is None:
-            raise ValueError(f"{image}: name is not <patient>_<slice number>.tif")
-        patient = image.stem[: match.start()]
-        groups.setdefault(patient, []).append((int(match.group(1)), image))
+        patient = patient_of(image)
+        groups.setdefault(patient, []).append((int(image.stem[len(patient) + 1 :]), image))
     return {patient: [path for _, path in sorted(items)] for patient, items in sorted(groups.items())}
 
 
