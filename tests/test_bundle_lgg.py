@@ -193,14 +193,15 @@ def test_recipes_switch_with_one_override() -> None:
     assert original.get_parsed_content("flip_axes") == [] and ours.get_parsed_content("flip_axes") == [0]
     assert original.get_parsed_content("batch_size") == 16 and ours.get_parsed_content("batch_size") == 8
     assert ours.get_parsed_content("train#dataloader#batch_size") == 8
-    # both: constant Adam 0.01 (power 0); a decayed schedule is one override away
-    decayed = load_workflow(
-        LGG_BUNDLE,
-        "train",
-        recipe="ours",
-        **{"recipes#ours#learning_rate": 0.002, "recipes#ours#lr_decay_power": 0.9},
+    # ours reads FLAIR alone; the original all three channels
+    assert original.get_parsed_content("channels") is None and ours.get_parsed_content("channels") == [1]
+    assert ours.get_parsed_content("network_def").in_channels == 1
+    assert original.get_parsed_content("largest_component") is False
+    # Adam 0.01: constant in the original (power 0), decayed to 0 in ours (power 0.9); both one override away
+    constant = load_workflow(
+        LGG_BUNDLE, "train", recipe="ours", **{"recipes#ours#lr_decay_power": 0.0}
     ).parser
-    for parser, lr, power in ((original, 0.01, 0.0), (ours, 0.01, 0.0), (decayed, 0.002, 0.9)):
+    for parser, lr, power in ((original, 0.01, 0.0), (ours, 0.01, 0.9), (constant, 0.01, 0.0)):
         optimizer = parser.get_parsed_content("optimizer")
         scheduler = parser.get_parsed_content("lr_scheduler")
         assert optimizer.param_groups[0]["lr"] == lr and scheduler.power == power
@@ -244,8 +245,16 @@ def test_evaluate_and_infer_with_the_trained_checkpoint(smoke_run: tuple[Path, s
     overrides = {k: v for k, v in SMOKE.items() if not k.startswith("train#")}
     # The checkpoint comes from the original recipe; "ours" here runs evaluate.json's mirror-TTA
     # path on it (the same network), so this checks the plumbing, not the figure.
+    # The checkpoint has 3 input channels: ours here reads all three, and keeps the largest 3D component.
+    ours_on_3_channels = {"recipes#ours#channels": None, "recipes#ours#largest_component": True}
     evaluation = run_workflow(
-        LGG_BUNDLE, "evaluate", dataset_dir=str(LGG), bundle_root=str(root), recipe="ours", **overrides
+        LGG_BUNDLE,
+        "evaluate",
+        dataset_dir=str(LGG),
+        bundle_root=str(root),
+        recipe="ours",
+        **overrides,
+        **ours_on_3_channels,
     )
     metrics = evaluation.parser.get_parsed_content("validate#evaluator").state.metrics
     assert {"val_dice", "val_slice_dice", "val_loss"} <= set(metrics) and 0.0 <= metrics["val_dice"] <= 1.0
@@ -272,6 +281,16 @@ def test_evaluate_and_infer_with_the_trained_checkpoint(smoke_run: tuple[Path, s
     assert len(masks) == 20
     written = tifffile.imread(masks[0])
     assert written.shape == (256, 256) and written.dtype == np.uint8 and set(np.unique(written)) <= {0, 255}
+    # with the 3D step on, inference leaves at most one 3D component of the patient's masks
+    step = ["--set", "recipe=ours", "--set", "recipes#ours#channels=null", "--set"]
+    step += ["recipes#ours#largest_component=true"]
+    out = tmp_path / "largest"
+    assert (
+        cli_main(args[:-1] + [str(out), "--checkpoint", str(root / "models" / "model.pt")] + settings + step)
+        == 0
+    )
+    volume = np.stack([tifffile.imread(mask) > 0 for mask in sorted(out.glob("*_seg.tif"))])
+    assert volume.shape[0] == 20 and scipy.ndimage.label(volume, structure=np.ones((3, 3, 3)))[1] <= 1
 
 
 def test_saved_masks_keep_the_files_orientation(tmp_path: Path) -> None:
