@@ -1,4 +1,4 @@
-"""The ``unet-monai`` command line: demo, train, infer, evaluate, networks."""
+"""The ``unet-monai`` command line: demo, train, infer, evaluate, networks, pacs."""
 
 from __future__ import annotations
 
@@ -56,9 +56,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dicom_input(args: argparse.Namespace) -> bool:
+    """Whether ``infer`` segments a DICOM series (``segment_dicom``) rather than image files.
+
+    Yes for a folder with ``--format seg/both`` or a series selector; for a folder of DICOM images with
+    ``--format nifti``; and, without ``--format``, for a folder of DICOM images given to a bundle that
+    does not read DICOM itself (its metadata's ``data_type`` is not "dicom", e.g. a NIfTI volume bundle).
+    """
+    from unet_monai.dicom.infer import bundle_metadata, holds_dicom_images
+
+    path = Path(args.input)
+    if not path.is_dir():
+        return False
+    if args.format in ("seg", "both") or args.series_uid is not None or args.modality is not None:
+        return True
+    if not holds_dicom_images(path):
+        return False
+    return args.format == "nifti" or bundle_metadata(args.bundle).get("data_type") != "dicom"
+
+
+def cmd_infer_dicom(args: argparse.Namespace) -> int:
+    """``infer`` of one DICOM series: a DICOM SEG and / or a NIfTI mask named by its SeriesInstanceUID."""
+    from unet_monai.dicom.infer import segment_dicom
+
+    formats = {"seg": ("seg",), "nifti": ("nifti",), "both": ("seg", "nifti"), None: ("seg",)}[args.format]
+    result = segment_dicom(
+        args.bundle,
+        args.input,
+        args.output,
+        formats=formats,
+        series_uid=args.series_uid,
+        modality=args.modality,
+        checkpoint=args.checkpoint,
+        overrides=_overrides(args),
+        seg_type=args.seg_type,
+    )
+    print(f"series {result['series_uid']}: labels {result['labels']}")
+    for kind, path in result["files"].items():
+        print(f"{kind}: {path}")
+    if result["seg_sop_instance_uid"] is not None:
+        print(f"SEG SOPInstanceUID: {result['seg_sop_instance_uid']}")
+    return 0
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from unet_monai.bundle import run_workflow
 
+    if _dicom_input(args):
+        return cmd_infer_dicom(args)
+    if args.format in ("seg", "both"):
+        raise SystemExit(f"error: {args.input}: --format {args.format} needs a folder of DICOM images")
     files = _image_files(Path(args.input))
     overrides = _overrides(args)
     overrides["datalist"] = files
@@ -72,6 +119,37 @@ def cmd_infer(args: argparse.Namespace) -> int:
         )
     run_workflow(args.bundle, "inference", **overrides)
     print(f"{len(files)} mask(s) written to {overrides['output_dir']}")
+    return 0
+
+
+def cmd_pacs(args: argparse.Namespace) -> int:
+    """Segment a series of a PACS study and store the SEG back (STOW-RS, or C-STORE)."""
+    from unet_monai.dicom.infer import segment_pacs_study
+    from unet_monai.dicom.pacs import PacsError
+
+    try:
+        result = segment_pacs_study(
+            args.url,
+            args.study,
+            args.bundle,
+            modality=args.modality,
+            series_uid=args.series_uid,
+            checkpoint=args.checkpoint,
+            overrides=_overrides(args),
+            seg_type=args.seg_type,
+            c_store_node=args.c_store,
+            work_dir=args.work,
+        )
+    except PacsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"segmented series {result['series_uid']} of study {result['study_uid']}: labels {result['labels']}"
+    )
+    print(f"SEG SOPInstanceUID: {result['seg_sop_instance_uid']} (series {result['seg_series_uid']})")
+    print(f"stored on: {result['destination']}")
+    if args.work is not None:
+        print(f"SEG file: {result['seg']}")
     return 0
 
 
@@ -151,16 +229,52 @@ def build_parser() -> argparse.ArgumentParser:
         "infer",
         help="masks for one image or volume (NIfTI, DICOM, PNG, TIFF) or a folder of them",
         description="Apply a trained bundle (configs/inference.json) to whole volumes; each mask is written "
-        "as OUTPUT/<case>_seg.nii.gz with exactly the input's shape and affine.",
+        "as OUTPUT/<case>_seg.nii.gz with exactly the input's shape and affine. A folder holding one "
+        "DICOM series (for a volume bundle, or with --format) gives OUTPUT/<SeriesInstanceUID>_seg.dcm, "
+        "a DICOM SEG referencing the series' instances, and / or <SeriesInstanceUID>_seg.nii.gz.",
     )
     infer.add_argument("--bundle", required=True, help="bundle folder")
     infer.add_argument(
-        "--input", required=True, help="an image file (.nii, .nii.gz, .dcm, .png, .tif) or a folder of them"
+        "--input",
+        required=True,
+        help="an image file (.nii, .nii.gz, .dcm, .png, .tif), a folder of them, or a DICOM series folder",
     )
     infer.add_argument("--output", required=True, help="folder for the masks")
     infer.add_argument("--checkpoint", help="weights to use (default BUNDLE/models/model.pt)")
     infer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    infer.add_argument(
+        "--format",
+        choices=["seg", "nifti", "both"],
+        help="for a folder of DICOM images (one series): OUTPUT/<SeriesInstanceUID>_seg.dcm (DICOM SEG, the "
+        "default), _seg.nii.gz (NIfTI on the series' grid) or both; other input gives NIfTI-style masks",
+    )
+    infer.add_argument("--series-uid", help="DICOM input: the SeriesInstanceUID to segment")
+    infer.add_argument("--modality", help="DICOM input: only series of this modality (e.g. MR)")
+    infer.add_argument(
+        "--seg-type", choices=["binary", "labelmap"], default="binary", help="DICOM SEG type (default binary)"
+    )
     infer.set_defaults(func=cmd_infer)
+
+    pacs = commands.add_parser(
+        "pacs",
+        help="segment a series of a study on a DICOMweb PACS and store the DICOM SEG back",
+        description="Find the study's image series (QIDO-RS; SEG and other non-image series skipped), "
+        "pull the chosen one (WADO-RS), segment it with the bundle and store the SEG in the same study by "
+        "STOW-RS, or by C-STORE with --c-store. Prints the SEG's SOPInstanceUID and where it went.",
+    )
+    pacs.add_argument("--url", required=True, help="DICOMweb root, e.g. http://localhost:8042/dicom-web")
+    pacs.add_argument("--study", required=True, help="StudyInstanceUID")
+    pacs.add_argument("--bundle", required=True, help="bundle folder")
+    pacs.add_argument("--modality", help="only series of this modality (e.g. MR)")
+    pacs.add_argument("--series-uid", help="the SeriesInstanceUID to segment (needed when several match)")
+    pacs.add_argument("--checkpoint", help="weights to use (default BUNDLE/models/model.pt)")
+    pacs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    pacs.add_argument(
+        "--seg-type", choices=["binary", "labelmap"], default="binary", help="DICOM SEG type (default binary)"
+    )
+    pacs.add_argument("--c-store", metavar="HOST:PORT:AET", help="store the SEG by C-STORE to this node")
+    pacs.add_argument("--work", metavar="DIR", help="keep the pulled series and the SEG in this folder")
+    pacs.set_defaults(func=cmd_pacs)
 
     evaluate = commands.add_parser(
         "evaluate",

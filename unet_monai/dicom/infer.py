@@ -1,0 +1,325 @@
+"""Segment a DICOM series with a volume bundle: DICOM in, DICOM SEG and / or NIfTI mask out.
+
+:func:`segment_dicom` reads one series of a folder (``read_series``), hands it to the bundle's
+``inference`` workflow as a NIfTI on the series' own grid, checks that the mask came back on that grid
+and writes it as ``<output>/<SeriesInstanceUID>_seg.dcm`` (DICOM SEG referencing the source instances)
+and / or ``<output>/<SeriesInstanceUID>_seg.nii.gz``. :func:`segment_pacs_study` does the same for a
+series of a study on a PACS: pull by WADO-RS, segment, store the SEG back by STOW-RS or C-STORE.
+
+Errors are one line naming the folder, file, UID or server; logs name files and UIDs, never patient
+attributes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from unet_monai.dicom.series import PIXEL_TAGS, DicomVolume, read_series
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("seg", "nifti")
+SEG_TYPES = ("binary", "labelmap")
+# Files with these endings are never DICOM: skipped when looking for DICOM images in a folder.
+NOT_DICOM_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".json", ".txt", ".csv")
+# Modalities of a study that are not images to segment.
+NOT_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "DOC"})
+# The mask the bundle writes must lie on the series' grid within this (mm; NIfTI stores float32 affines).
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+def _is_dicom_image(path: Path) -> bool:
+    """Whether ``path`` parses as DICOM (with or without preamble) and holds pixel data."""
+    try:
+        try:
+            ds = pydicom.dcmread(path, defer_size=1024)
+        except InvalidDicomError:
+            ds = pydicom.dcmread(path, defer_size=1024, force=True)
+            if "SOPClassUID" not in ds:
+                return False
+    except Exception:  # any unreadable file is simply not a DICOM image
+        return False
+    return any(tag in ds for tag in PIXEL_TAGS)
+
+
+def holds_dicom_images(folder: str | Path) -> bool:
+    """Whether ``folder`` (searched recursively) holds at least one DICOM file with pixel data."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.name.lower().endswith(NOT_DICOM_SUFFIXES) and _is_dicom_image(path):
+            return True
+    return False
+
+
+def bundle_metadata(bundle: str | Path) -> dict:
+    """The bundle's ``configs/metadata.json``."""
+    path = Path(bundle) / "configs" / "metadata.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: bundle {bundle} has no metadata.json")
+    return json.loads(path.read_text())
+
+
+def _check_formats(formats: Sequence[str], seg_type: str) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = (formats,)
+    chosen = tuple(dict.fromkeys(formats))
+    if not chosen or any(f not in FORMATS for f in chosen):
+        raise ValueError(f"formats must be some of {FORMATS}, got {tuple(formats)}")
+    if seg_type not in SEG_TYPES:
+        raise ValueError(f"seg_type must be one of {SEG_TYPES}, got {seg_type!r}")
+    return chosen
+
+
+def _checkpoint(bundle: Path, checkpoint: str | Path | None, overrides: dict) -> Path:
+    """The weights inference will load; FileNotFoundError (one line) when they are missing."""
+    if checkpoint is not None:
+        path = Path(checkpoint).resolve()
+    else:
+        path = Path(overrides.get("ckpt_path", bundle / "models" / "model.pt"))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained weights; run `unet-monai train --bundle {bundle}`")
+    return path
+
+
+def run_bundle_on_volume(
+    bundle: str | Path, volume: DicomVolume, work: Path, checkpoint: Path, overrides: dict | None = None
+) -> np.ndarray:
+    """The bundle's mask of ``volume`` as an integer array ``[i, j, k]`` on the volume's grid.
+
+    The volume goes to the ``inference`` workflow as ``work/in/image.nii.gz``; the one NIfTI the
+    workflow writes to ``work/out`` must have the volume's shape and affine (a one-line error otherwise).
+    """
+    import nibabel as nib
+
+    from unet_monai.bundle import run_workflow
+
+    bundle = Path(bundle)
+    folder_in, folder_out = work / "in", work / "out"
+    folder_in.mkdir(parents=True)
+    image = volume.to_nifti(folder_in / "image.nii.gz")
+    settings = dict(overrides or {})
+    settings.update(
+        datalist=[str(image)],
+        dataset_dir=str(folder_in),
+        output_dir=str(folder_out),
+        ckpt_path=str(checkpoint),
+    )
+    run_workflow(bundle, "inference", **settings)
+    written = sorted(folder_out.glob("*.nii*")) if folder_out.is_dir() else []
+    if len(written) != 1:
+        raise ValueError(f"bundle {bundle} wrote {len(written)} NIfTI masks for series {volume.series_uid}")
+    mask = nib.load(written[0])
+    data = np.asarray(mask.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.shape != volume.array.shape:
+        raise ValueError(
+            f"bundle {bundle} wrote a mask of shape {data.shape} for series {volume.series_uid} "
+            f"of shape {volume.array.shape}"
+        )
+    if not np.allclose(mask.affine, volume.affine, atol=AFFINE_TOLERANCE_MM):
+        raise ValueError(
+            f"bundle {bundle} wrote a mask with affine {np.round(mask.affine, 4).tolist()} for series "
+            f"{volume.series_uid} with affine {np.round(volume.affine, 4).tolist()}"
+        )
+    if not np.array_equal(data, np.rint(data)) or data.min() < 0:
+        raise ValueError(f"bundle {bundle} wrote a mask of non-label values for series {volume.series_uid}")
+    return data.astype(np.uint16 if data.max() > 255 else np.uint8)
+
+
+def _save_mask_nifti(mask: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    import nibabel as nib
+
+    image = nib.Nifti1Image(mask, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    nib.save(image, path)
+
+
+def _publish(staged: dict[str, Path], output: Path) -> dict[str, Path]:
+    """Move the staged files into ``output`` under their names: each by copy to a hidden temporary file
+    and rename; on error the files already moved are removed again, so nothing is half-written."""
+    output.mkdir(parents=True, exist_ok=True)
+    done: dict[str, Path] = {}
+    try:
+        for kind, source in staged.items():
+            target = output / source.name
+            handle, temporary = tempfile.mkstemp(prefix=f".{source.name}.", suffix=".part", dir=output)
+            os.close(handle)
+            try:
+                shutil.copyfile(source, temporary)
+                os.replace(temporary, target)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+            done[kind] = target
+    except BaseException:
+        for path in done.values():
+            path.unlink(missing_ok=True)
+        raise
+    return done
+
+
+def segment_dicom(
+    bundle: str | Path,
+    input_folder: str | Path,
+    output_folder: str | Path,
+    formats: Sequence[str] = ("seg",),
+    series_uid: str | None = None,
+    modality: str | None = None,
+    description: str | None = None,
+    checkpoint: str | Path | None = None,
+    overrides: dict | None = None,
+    seg_type: str = "binary",
+) -> dict[str, Any]:
+    """Segment one DICOM series of ``input_folder`` with ``bundle``'s inference workflow.
+
+    The series is chosen as by ``select_series`` (several matching series are an error listing them).
+    Writes ``<output>/<SeriesInstanceUID>_seg.dcm`` (``"seg"`` in ``formats``; a DICOM SEG of
+    ``seg_type`` with the classes and codes of the bundle's metadata) and / or
+    ``<output>/<SeriesInstanceUID>_seg.nii.gz`` (``"nifti"``; the mask on the series' grid, as
+    ``read_series`` orders it). Returns ``series_uid``, ``study_uid``, ``files`` ({format: path}),
+    ``seg_sop_instance_uid`` / ``seg_series_uid`` (None without SEG) and ``labels`` (the label values
+    present).
+    """
+    from unet_monai.dicom.seg import write_seg
+
+    chosen = _check_formats(formats, seg_type)
+    bundle = Path(bundle).resolve()
+    overrides = dict(overrides or {})
+    weights = _checkpoint(bundle, checkpoint, overrides)
+    metadata = bundle_metadata(bundle) if "seg" in chosen else {}
+    volume = read_series(input_folder, series_uid, modality, description, rule="only")
+    logger.info("segmenting series %s (%d slices) with %s", volume.series_uid, len(volume.files), bundle.name)
+    with tempfile.TemporaryDirectory(prefix="unet-monai-dicom-") as temporary:
+        work = Path(temporary)
+        mask = run_bundle_on_volume(bundle, volume, work, weights, overrides)
+        staged: dict[str, Path] = {}
+        seg_uids: tuple[str | None, str | None] = (None, None)
+        if "seg" in chosen:
+            sources = [pydicom.dcmread(path) for path in volume.files]
+            try:
+                seg_path = write_seg(
+                    volume.frames(mask), sources, metadata, work / f"{volume.series_uid}_seg.dcm", seg_type
+                )
+            except ValueError as error:
+                raise ValueError(f"{input_folder}: SEG of series {volume.series_uid}: {error}") from None
+            header = pydicom.dcmread(seg_path, stop_before_pixels=True)
+            seg_uids = (str(header.SOPInstanceUID), str(header.SeriesInstanceUID))
+            staged["seg"] = seg_path
+        if "nifti" in chosen:
+            staged["nifti"] = work / f"{volume.series_uid}_seg.nii.gz"
+            _save_mask_nifti(mask, volume.affine, staged["nifti"])
+        files = _publish(staged, Path(output_folder))
+    logger.info("wrote %s", ", ".join(str(p) for p in files.values()))
+    return {
+        "series_uid": volume.series_uid,
+        "study_uid": volume.study_uid,
+        "files": files,
+        "seg_sop_instance_uid": seg_uids[0],
+        "seg_series_uid": seg_uids[1],
+        "labels": np.unique(mask).tolist(),
+    }
+
+
+def parse_node(text: str) -> tuple[str, int, str]:
+    """``HOST:PORT:AET`` -> (host, port, AE title); ValueError (one line) when malformed."""
+    parts = text.rsplit(":", 2)
+    host, port, aet = parts if len(parts) == 3 else ("", "", "")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or not aet or len(aet) > 16:
+        raise ValueError(f"DICOM node {text!r} must be HOST:PORT:AET (AE title of at most 16 characters)")
+    return host, int(port), aet
+
+
+def choose_pacs_series(
+    series: Sequence[dict[str, Any]], study_uid: str, url: str, series_uid: str | None = None
+) -> dict[str, Any]:
+    """The one image series of a study's QIDO-RS answer (SEG, SR, ... skipped), by ``series_uid`` if
+    given; a one-line ValueError listing the image series when there is none or more than one."""
+    images = [s for s in series if str(s.get("Modality", "")).upper() not in NOT_IMAGE_MODALITIES]
+    listed = (
+        "; ".join(
+            f"{s['SeriesInstanceUID']} ({s.get('Modality', '?')}, '{s.get('SeriesDescription', '')}', "
+            f"{s.get('NumberOfSeriesRelatedInstances', '?')} instances)"
+            for s in images
+        )
+        or "none"
+    )
+    matches = [s for s in images if series_uid is None or s["SeriesInstanceUID"] == series_uid]
+    if not matches:
+        wanted = f"series {series_uid}" if series_uid else "image series"
+        raise ValueError(f"no {wanted} in study {study_uid} on {url}; image series: {listed}")
+    if len(matches) > 1:
+        raise ValueError(
+            f"{len(matches)} image series in study {study_uid} on {url}, choose one with a series UID "
+            f"or modality: {listed}"
+        )
+    return matches[0]
+
+
+def segment_pacs_study(
+    url: str,
+    study_uid: str,
+    bundle: str | Path,
+    *,
+    modality: str | None = None,
+    series_uid: str | None = None,
+    checkpoint: str | Path | None = None,
+    overrides: dict | None = None,
+    seg_type: str = "binary",
+    c_store_node: str | None = None,
+    work_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Pull one image series of a study from the DICOMweb server ``url``, segment it with
+    :func:`segment_dicom` and store the SEG back: by STOW-RS, or by C-STORE to ``c_store_node``
+    (``HOST:PORT:AET``) when given.
+
+    The series is the study's only image series (of ``modality`` if given), or ``series_uid``. Pulled
+    files and the SEG go under ``work_dir`` (kept) or a temporary folder (removed). Returns what
+    :func:`segment_dicom` returns plus ``destination`` (where the SEG went) and ``seg`` (its path,
+    only meaningful with ``work_dir``).
+    """
+    from unet_monai.dicom.pacs import DicomWebPacs, c_store
+
+    node = parse_node(c_store_node) if c_store_node else None
+    pacs = DicomWebPacs(url)
+    chosen = choose_pacs_series(pacs.find_series(study_uid, modality), study_uid, pacs.url, series_uid)
+    uid = chosen["SeriesInstanceUID"]
+    with tempfile.TemporaryDirectory(prefix="unet-monai-pacs-") as temporary:
+        work = Path(work_dir) if work_dir is not None else Path(temporary)
+        folder = work / "pulled" / uid
+        pacs.pull_series(study_uid, uid, folder)
+        result = segment_dicom(
+            bundle,
+            folder,
+            work / "output",
+            formats=("seg",),
+            series_uid=uid,
+            checkpoint=checkpoint,
+            overrides=overrides,
+            seg_type=seg_type,
+        )
+        seg_path = result["files"]["seg"]
+        if node is None:
+            stored = pacs.store([seg_path])
+            destination = pacs.url
+        else:
+            stored = c_store([seg_path], *node)
+            destination = stored.url
+    if result["seg_sop_instance_uid"] not in stored.stored:
+        raise ValueError(f"{destination} did not confirm storing SEG {result['seg_sop_instance_uid']}")
+    logger.info("stored SEG %s of series %s on %s", result["seg_sop_instance_uid"], uid, destination)
+    return result | {"destination": destination, "seg": seg_path}
