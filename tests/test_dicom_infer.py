@@ -4,7 +4,6 @@ inference of the original volumes (RAS, left-handed PSR and oblique geometry).""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -14,48 +13,26 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import torch
 
-from tests.conftest import AXIAL_ONLY, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, SPINALCORD, require
-from tests.test_dicom_seg import LABELMAP_UNKNOWN_TO_DCIODVFY
-from unet_monai.bundle import load_workflow
+from tests.conftest import HIPPOCAMPUS_BUNDLE, SPINALCORD, require
+from tests.dicom_helpers import (
+    HIPPOCAMPUS_IMAGE,
+    LABELMAP_UNKNOWN_TO_DCIODVFY,
+    PATIENT_ID,
+    PATIENT_NAME,
+    SMALL,
+    SMALL_ARGS,
+    balanced_checkpoint,
+)
 from unet_monai.cli import main
 from unet_monai.dicom.infer import segment_dicom
 from unet_monai.dicom.seg import read_seg, validate_with_dciodvfy
 from unet_monai.dicom.series import DicomVolume, read_series
 from unet_monai.dicom.write_series import write_series
 
-SMALL = {**AXIAL_ONLY, "network_def#features": 8}
-SMALL_ARGS = ["--set", "network_def#features=8", "--set", "members=" + json.dumps(AXIAL_ONLY["members"])]
-HIPPOCAMPUS_IMAGE = HIPPOCAMPUS / "imagesTr" / "hippocampus_001.nii.gz"  # uint8: stored in DICOM exactly
 SPINALCORD_IMAGE = SPINALCORD / "t2" / "t2.nii.gz"  # int16, PSR (left-handed)
-PATIENT_NAME = "Secretname^Patient"
-PATIENT_ID = "SECRET-4711"
 HIPPOCAMPUS_CODE = ("5366008", "SCT", "Hippocampus")
 ANATOMICAL_STRUCTURE = ("91723000", "SCT", "Anatomical Structure")
-
-
-def balanced_checkpoint(checkpoint: Path, image: Path, output: Path) -> Path:
-    """``checkpoint`` with the final layer's biases shifted so that, on the axial slices of ``image``,
-    each class's median logit is zero: a network trained one epoch on synthetic data calls every voxel of a
-    real volume one class; shifted, it gives masks of all three classes that depend on the image."""
-    network = load_workflow(HIPPOCAMPUS_BUNDLE, "inference", **SMALL).parser.get_parsed_content("network_def")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    network.load_state_dict(state)
-    network.eval()
-    volume = np.asarray(nib.load(image).dataobj, dtype=np.float32)
-    volume = (volume - volume.mean()) / volume.std()
-    k = np.arange(volume.shape[2])
-    neighbours = np.clip(k[:, None] + np.arange(-2, 3)[None], 0, volume.shape[2] - 1)
-    slices = torch.as_tensor(volume.transpose(2, 0, 1)[neighbours])  # (k, 5, i, j)
-    slices = torch.nn.functional.pad(slices, (0, -slices.shape[3] % 16, 0, -slices.shape[2] % 16))
-    with torch.no_grad():
-        logits = network(slices)
-    state["final_conv.bias"] = (
-        state["final_conv.bias"] - logits.transpose(0, 1).flatten(1).median(dim=1).values
-    )
-    torch.save(state, output)
-    return output
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import pydicom
 import pytest
 
 from tests.conftest import SHARED_DATA, require
+from tests.dicom_helpers import LABELMAP_UNKNOWN_TO_DCIODVFY
 from unet_monai.dicom.seg import (
     dciodvfy_messages,
     read_seg,
@@ -50,14 +51,6 @@ METADATA_EMPTY_CLASS = {
     "network_data_format": {"outputs": {"pred": {"channel_def": {**CLASSES, "4": "kidney"}}}},
 }
 
-# Label Map Segmentation Storage (DICOM Supplement 243, final text 2024) is newer than the installed
-# dciodvfy (dicom3tools 1.00~20220618). On a LABELMAP SEG that dciodvfy knows no IOD and flags highdicom's
-# background segment 0, which Sup 243 allows (LABELMAP segment numbers need not start at 1).
-LABELMAP_UNKNOWN_TO_DCIODVFY = {
-    "Error - Information Object Not found",
-    "Error - SegmentNumber not monotonically increasing from one by one - have SegmentSequence item "
-    "number 1 (from one) with SegmentNumber of 0",
-}
 # Checked against the (BINARY) Segmentation IOD instead, a LABELMAP SEG differs only where Sup 243
 # changed that IOD: the LABELMAP enumerated value, segment 0 (background), and no Segment
 # Identification Sequence per frame (a label-map frame holds all segments).

@@ -18,6 +18,14 @@ import pydicom
 import pytest
 
 from tests.conftest import HIPPOCAMPUS_BUNDLE, require
+from tests.dicom_helpers import (
+    HIPPOCAMPUS_IMAGE,
+    PATIENT_ID,
+    PATIENT_NAME,
+    SMALL,
+    SMALL_ARGS,
+    balanced_checkpoint,
+)
 from tests.orthanc_server import (
     INSTALL_HINT,
     OrthancServer,
@@ -25,14 +33,6 @@ from tests.orthanc_server import (
     find_orthanc,
     free_port,
     orthanc_server,
-)
-from tests.test_dicom_infer import (
-    HIPPOCAMPUS_IMAGE,
-    PATIENT_ID,
-    PATIENT_NAME,
-    SMALL,
-    SMALL_ARGS,
-    balanced_checkpoint,
 )
 from unet_monai.cli import main
 from unet_monai.dicom.infer import choose_pacs_series, parse_node, segment_dicom
