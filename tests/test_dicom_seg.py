@@ -12,6 +12,7 @@ ITK's array view is indexed [k, j, i] = [slice, CT row, CT column].
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shutil
 import warnings
@@ -22,7 +23,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.conftest import SHARED_DATA, require
+from tests.conftest import REPO_ROOT, SHARED_DATA, require
 from tests.dicom_helpers import LABELMAP_UNKNOWN_TO_DCIODVFY
 from unet_monai.dicom.seg import (
     dciodvfy_messages,
@@ -388,3 +389,27 @@ def test_dciodvfy_reports_errors_of_the_source_ct() -> None:
         "Error - Empty attribute (no value) Type 1C Conditional Element=<SpecificCharacterSet> "
         "Module=<SOPCommon>",
     ]
+
+
+def test_a_real_series_without_patient_birth_date_and_sex(tmp_path: Path) -> None:
+    """The real MR series lacks PatientBirthDate / PatientSex (Type 2 in the SEG): they are written
+    empty, the caller's datasets are left as they were, and dciodvfy finds no error."""
+    folder = require(SHARED_DATA / "dicom-mr-series-nolabel" / "Study1" / "13_HCropVolume")
+    sources = [pydicom.dcmread(path) for path in sorted(folder.glob("*.dcm"))]
+    assert "PatientBirthDate" not in sources[0] and "PatientSex" not in sources[0]
+    frames = np.zeros((len(sources), sources[0].Rows, sources[0].Columns), np.uint8)
+    frames[10:15, 10:20, 10:20] = 1
+    frames[12, 20:25, 5:8] = 2
+    metadata = json.loads(
+        (REPO_ROOT / "bundles" / "hippocampus_unet2d" / "configs" / "metadata.json").read_text()
+    )
+    path = write_seg(frames, sources, metadata, tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(path)
+    assert seg.PatientBirthDate == "" and seg.PatientSex == ""
+    assert "PatientBirthDate" not in sources[0]
+    np.testing.assert_array_equal(read_seg(path, sources), frames)
+    if shutil.which("dciodvfy") is None:
+        pytest.skip(
+            "dciodvfy not installed (apt-get install dicom3tools): SEG content checked, not validated"
+        )
+    assert validate_with_dciodvfy(path) == []

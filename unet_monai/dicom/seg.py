@@ -237,6 +237,36 @@ def _content_description(metadata: dict) -> str:
     return f"{metadata.get('name', 'unet-monai')} {metadata.get('version', '')}".strip()[:64]
 
 
+# Type 2 attributes of the Patient and General Study modules that the SEG copies from its sources: they
+# must be present, but may be empty. Real series omit some (e.g. PatientBirthDate, PatientSex).
+TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def _with_type2_attributes(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """``ds`` itself when it has every attribute of ``TYPE2_COPIED``, else a shallow copy with the missing
+    ones added empty (the caller's dataset is left as it is)."""
+    missing = [keyword for keyword in TYPE2_COPIED if keyword not in ds]
+    if not missing:
+        return ds
+    completed = pydicom.Dataset()
+    completed.update(ds)  # a new element dictionary: adding to it leaves ``ds`` untouched
+    if hasattr(ds, "file_meta"):
+        completed.file_meta = ds.file_meta
+    for keyword in missing:
+        setattr(completed, keyword, "")
+    return completed
+
+
 def _build_seg(
     labels: np.ndarray,
     source_datasets: Sequence[pydicom.Dataset],
@@ -251,7 +281,7 @@ def _build_seg(
     # rejects as a value: pass None then, so that the SEG carries no SpecificCharacterSet either.
     character_set = source_datasets[0].get("SpecificCharacterSet") or None
     return hd.seg.Segmentation(
-        source_images=list(source_datasets),
+        source_images=[_with_type2_attributes(ds) for ds in source_datasets],
         pixel_array=labels,
         segmentation_type=seg_type.upper(),
         segment_descriptions=descriptions,
