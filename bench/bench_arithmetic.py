@@ -1,0 +1,131 @@
+"""FLOPs per slice of every registered network, and the GFLOP/s each achieves next to a matmul (sgemm).
+
+Each network is built with the hippocampus bundle's settings (2D, 5 input channels for 2.5D, 3 classes,
+20 base features, depth 4, each factory's own default norm) and counted with
+``torch.utils.flop_counter.FlopCounterMode`` on one 48 x 64 slice (the bundle's axial window). Its
+forward on a batch of slices in ``torch.inference_mode`` gives achieved GFLOP/s; a float32 matmul
+measured in the same run gives what the CPU reaches on the easiest kernel. Prints a table, then JSON.
+
+    python bench/bench_arithmetic.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+from machine import emit_json, machine_info, rounded
+from torch.utils.flop_counter import FlopCounterMode
+
+from unet_monai.networks import create_network, list_networks
+
+SETTINGS = {"spatial_dims": 2, "in_channels": 5, "out_channels": 3, "features": 20, "depth": 4}
+SLICE = (48, 64)
+
+
+def sgemm_gflops(size: int, repeats: int) -> float:
+    """GFLOP/s of a ``size`` x ``size`` float32 matmul (best of ``repeats``)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def network_arithmetic(name: str, batch: int, repeats: int) -> dict[str, Any]:
+    """FLOPs per slice and achieved GFLOP/s (best of ``repeats`` forwards of ``batch`` slices)."""
+    torch.manual_seed(0)
+    net = create_network(name, **SETTINGS).eval()
+    x = torch.randn(batch, SETTINGS["in_channels"], *SLICE)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            net(x[:1])
+        flops = counter.get_total_flops()
+        net(x)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            net(x)
+            best = min(best, time.perf_counter() - start)
+    return {
+        "gflop_per_slice": flops / 1e9,
+        "parameters_m": sum(p.numel() for p in net.parameters()) / 1e6,
+        "slices_per_s": batch / best,
+        "gflops": flops * batch / best / 1e9,
+    }
+
+
+def batch_scaling(batches: list[int], repeats: int) -> dict[str, float]:
+    """The bundle's U-Net (ronneberger_unet): slices/s at each batch size (best of ``repeats``)."""
+    torch.manual_seed(0)
+    net = create_network("ronneberger_unet", **SETTINGS, norm="batch").eval()
+    rates = {}
+    with torch.inference_mode():
+        for batch in batches:
+            x = torch.randn(batch, SETTINGS["in_channels"], *SLICE)
+            net(x)
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                net(x)
+                best = min(best, time.perf_counter() - start)
+            rates[str(batch)] = batch / best
+    return rates
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="batch 8, 1 repeat")
+    parser.add_argument("--smoke", action="store_true", help="two networks, batch 2 (tests only)")
+    parser.add_argument("--batch", type=int, default=64, help="slices per timed forward")
+    parser.add_argument("--repeats", type=int, default=3, help="timed forwards per network (best kept)")
+    parser.add_argument("--output", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    names = list_networks()
+    if args.quick:
+        args.batch, args.repeats = 8, 1
+    if args.smoke:
+        args.batch, args.repeats, names = 2, 1, ["ronneberger_unet", "monai_unet"]
+    result: dict[str, Any] = {"machine": machine_info(), "settings": vars(args) | SETTINGS | {"slice": SLICE}}
+    result["sgemm_gflops"] = sgemm_gflops(1024, 5)
+    networks: dict[str, Any] = {}
+    for name in names:
+        try:
+            networks[name] = network_arithmetic(name, args.batch, args.repeats)
+        except Exception as error:  # a network that cannot take these settings is reported, not fatal
+            networks[name] = {"error": f"{type(error).__name__}: {error}"}
+    for entry in networks.values():
+        if "gflops" in entry:
+            entry["fraction_of_sgemm"] = entry["gflops"] / result["sgemm_gflops"]
+    result["networks"] = networks
+    batches = [1, 8, 64] if not args.smoke else [1, 2]
+    result["ronneberger_slices_per_s_by_batch"] = batch_scaling(batches, max(args.repeats, 2))
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result = rounded(result)
+    print(f"{'sgemm 1024 GFLOP/s':<32} {result['sgemm_gflops']:>9.4g}", file=sys.stderr)
+    print(f"{'network':<32} {'GFLOP/slice':>11} {'GFLOP/s':>9} {'of sgemm':>9}", file=sys.stderr)
+    print(
+        f"ronneberger_unet slices/s by batch: {result['ronneberger_slices_per_s_by_batch']}", file=sys.stderr
+    )
+    for name, entry in result["networks"].items():
+        if "error" in entry:
+            print(f"{name:<32} {entry['error'][:60]}", file=sys.stderr)
+        else:
+            print(
+                f"{name:<32} {entry['gflop_per_slice']:>11.4g} {entry['gflops']:>9.4g} "
+                f"{entry['fraction_of_sgemm']:>9.3g}",
+                file=sys.stderr,
+            )
+    emit_json(result, args.output)
+    return result
+
+
+if __name__ == "__main__":
+    main()
