@@ -11,6 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.orthanc_server import (
+    INSTALL_HINT,
+    OrthancServer,
+    find_dicomweb_plugin,
+    find_orthanc,
+    orthanc_server,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 HIPPOCAMPUS = SHARED_DATA / "msd-hippocampus"
@@ -60,6 +68,16 @@ def run_monai_bundle(config_file: Path | str, overrides: dict, timeout: int = 60
     result = subprocess.run(arguments, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def orthanc() -> Iterator[OrthancServer]:
+    """A private Orthanc (DICOMweb plugin on) on loopback for one test module; skips, naming the
+    packages, where Orthanc is not installed."""
+    if find_orthanc() is None or find_dicomweb_plugin() is None:
+        pytest.skip(f"Orthanc not installed: {INSTALL_HINT}")
+    with orthanc_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

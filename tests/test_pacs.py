@@ -18,12 +18,8 @@ from pydicom.dataset import Dataset
 
 from tests.conftest import SHARED_DATA, require
 from tests.orthanc_server import (
-    INSTALL_HINT,
     OrthancServer,
-    find_dicomweb_plugin,
-    find_orthanc,
     free_port,
-    orthanc_server,
 )
 from unet_monai.dicom.pacs import DicomWebPacs, PacsError, c_store
 
@@ -33,15 +29,6 @@ CT_SERIES = CT_LIVER / "ct-3slice"
 LIVER_SEG = CT_LIVER / "liver.dcm"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 UNKNOWN_UID = "1.2.826.0.1.3680043.8.498.1234567890"
-
-
-@pytest.fixture(scope="module")
-def orthanc() -> Iterator[OrthancServer]:
-    """One private Orthanc for the module."""
-    if find_orthanc() is None or find_dicomweb_plugin() is None:
-        pytest.skip(f"Orthanc not installed: {INSTALL_HINT}")
-    with orthanc_server() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,8 @@ from tests.dicom_helpers import (
     balanced_checkpoint,
 )
 from tests.orthanc_server import (
-    INSTALL_HINT,
     OrthancServer,
-    find_dicomweb_plugin,
-    find_orthanc,
     free_port,
-    orthanc_server,
 )
 from unet_monai.cli import main
 from unet_monai.dicom.infer import choose_pacs_series, parse_node, segment_dicom
@@ -41,14 +37,6 @@ from unet_monai.dicom.seg import read_seg
 from unet_monai.dicom.write_series import write_series
 
 PRINTED_SEG = re.compile(r"SEG SOPInstanceUID: (\S+) \(series (\S+)\)")
-
-
-@pytest.fixture(scope="module")
-def orthanc() -> Iterator[OrthancServer]:
-    if find_orthanc() is None or find_dicomweb_plugin() is None:
-        pytest.skip(f"Orthanc not installed: {INSTALL_HINT}")
-    with orthanc_server() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.metrics import compute_dice
 from monai.transforms import KeepLargestConnectedComponent
 from PIL import Image
 
@@ -81,9 +82,11 @@ def keep_largest_tumour(images: Sequence[str | Path] | str | Path, pred_dir: str
 
 
 def dice(predicted: np.ndarray, truth: np.ndarray) -> float:
-    """2 TP / (2 TP + FP + FN) over every pixel; 1.0 when both are empty."""
-    total = int(predicted.sum() + truth.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(predicted, truth).sum()) / total
+    """2 TP / (2 TP + FP + FN) over every pixel (MONAI's ``compute_dice``); 1.0 when both are empty."""
+    as_batch = [
+        torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None] for mask in (predicted, truth)
+    ]
+    return float(compute_dice(*as_batch, include_background=True, ignore_empty=False))
 
 
 def patient_dice(images: Sequence[str | Path] | str | Path, pred_dir: str | Path) -> dict[str, float]:
