@@ -32,6 +32,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The Docker images without a Docker engine (docker/check.sh): hadolint, the install script run
+# outside Docker into a fresh venv, the image's entry points (train, monai.bundle run); ~1.5 min.
+.PHONY: docker-check
+docker-check: $(STAMP)
+	PYTHON=$(BIN)/python bash docker/check.sh
+
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
