@@ -22,6 +22,7 @@ on ``--ensemble-volumes`` volumes. Prints a table, then JSON.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from ignite.engine import Events
 from machine import emit_json, machine_info, rounded
 from monai.engines.utils import IterationEvents
 
-from unet_monai.bundle import load_workflow
+from unet_monai.bundle import load_workflow, parse_override
 from unet_monai.networks.axis_ensemble import AxisEnsemble
 from unet_monai.transforms.slices import stack_neighbour_slices
 
@@ -199,6 +200,20 @@ def synthetic_ct(path: Path, shape: tuple[int, int, int]) -> None:
     nib.save(nib.Nifti1Image(data, np.diag([0.7, 0.7, 2.5, 1.0])), str(path))
 
 
+# What the baselines run without our settings: MONAI's default memory format (NCHW weights), batch 1,
+# constant blending (MONAI-default baseline); the naive loop uses NCHW copies of the members.
+MONAI_DEFAULTS: dict[str, Any] = {
+    "network": "$unet_monai.networks.axis_ensemble(@network_def, @slice_axis).to(@device)",
+    "inferer#sw_batch_size": 1,
+    "inferer#mode": "constant",
+}
+
+
+def nchw_copies(members: list[torch.nn.Module]) -> list[torch.nn.Module]:
+    """Copies of the members with PyTorch's default (contiguous, NCHW) memory format."""
+    return [copy.deepcopy(member).to(memory_format=torch.contiguous_format) for member in members]
+
+
 def bundle_config(overrides: dict[str, Any]) -> dict[str, Any]:
     """The inference settings the naive loop reproduces."""
     parser = load_workflow(BUNDLE, "inference", **overrides).parser
@@ -217,10 +232,8 @@ def bench_folder(
     e2e = run_bundle(files, work / "bundle", overrides)
     floor = bare_forward(e2e["members"], e2e["forward_calls"])
     subset = files[:naive_volumes]
-    naive = naive_infer(subset, work, e2e["members"], config)
-    default = run_bundle(
-        subset, work / "default", overrides | {"inferer#sw_batch_size": 1, "inferer#mode": "constant"}, False
-    )
+    naive = naive_infer(subset, work, nchw_copies(e2e["members"]), config)
+    default = run_bundle(subset, work / "default", overrides | MONAI_DEFAULTS, False)
     e2e_subset = sum(e2e["seconds_per_volume"][:naive_volumes])
     return {
         "volumes": len(files),
@@ -240,9 +253,9 @@ def bench_folder(
     }
 
 
-def bench_ensemble(files: list[str], work: Path) -> dict[str, Any]:
+def bench_ensemble(files: list[str], work: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """The whole bundle (three members, mirror TTA) end to end against its floor, no other baseline."""
-    e2e = run_bundle(files, work / "ensemble", {})
+    e2e = run_bundle(files, work / "ensemble", overrides)
     floor = bare_forward(e2e["members"], e2e["forward_calls"])
     return {
         "volumes": len(files),
@@ -255,7 +268,9 @@ def bench_ensemble(files: list[str], work: Path) -> dict[str, Any]:
     }
 
 
-def bench_ct(depth: int, full_bundle: bool, baselines: bool, work: Path) -> dict[str, Any]:
+def bench_ct(
+    depth: int, full_bundle: bool, baselines: bool, work: Path, extra: dict[str, Any]
+) -> dict[str, Any]:
     """One synthetic 512 x 512 x depth volume: bundle end to end, floor, MONAI default SliceInferer.
 
     Unless ``full_bundle``, the bundle runs its axial member only, without mirror TTA (``members`` and
@@ -265,14 +280,12 @@ def bench_ct(depth: int, full_bundle: bool, baselines: bool, work: Path) -> dict
     """
     path = work / "ct.nii.gz"
     synthetic_ct(path, (512, 512, depth))
-    overrides: dict[str, Any] = {}
-    if not full_bundle:
-        overrides = AXIAL_ONLY
+    overrides = extra if full_bundle else AXIAL_ONLY | extra
     e2e = run_bundle([str(path)], work / "ct", overrides)
     floor = bare_forward(e2e["members"], e2e["forward_calls"])
     default_seconds = None
     if baselines:
-        default_overrides = overrides | {"inferer#sw_batch_size": 1, "inferer#mode": "constant"}
+        default_overrides = overrides | MONAI_DEFAULTS
         default_seconds = run_bundle([str(path)], work / "ct_default", default_overrides, False)[
             "total_seconds"
         ]
@@ -322,8 +335,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--ensemble-volumes", type=int, default=1, help="with --axial-only: also the whole bundle e2e / floor"
     )
     parser.add_argument("--data", default=str(DATA), help="folder of hippocampus NIfTI volumes")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a bundle config value in the bundle's runs (not the baselines' settings), e.g. "
+        "to measure a setting against the default: --set 'network=$...'",
+    )
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args(argv)
+    extra = dict(parse_override(text) for text in args.set)
     if args.quick:
         args.volumes, args.naive_volumes, args.ct_depth, args.axial_only = 6, 2, 2, True
         args.ensemble_volumes = 2
@@ -334,11 +356,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": machine_info(), "settings": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        overrides = AXIAL_ONLY if args.axial_only else {}
+        overrides = (AXIAL_ONLY if args.axial_only else {}) | extra
         result["hippocampus"] = bench_folder(files, min(args.naive_volumes, len(files)), overrides, work)
         if args.axial_only and args.ensemble_volumes > 0:
-            result["hippocampus_ensemble"] = bench_ensemble(files[: args.ensemble_volumes], work)
-        result["ct"] = bench_ct(args.ct_depth, args.ct_full_bundle, args.ct_baselines, work)
+            result["hippocampus_ensemble"] = bench_ensemble(files[: args.ensemble_volumes], work, extra)
+        result["ct"] = bench_ct(args.ct_depth, args.ct_full_bundle, args.ct_baselines, work, extra)
     hip = result["hippocampus"]
     # the target is about the bundle as shipped: the whole ensemble when it was measured apart
     result["e2e_over_floor"] = result.get("hippocampus_ensemble", hip)["e2e_over_floor"]

@@ -30,7 +30,7 @@ from ignite.engine import Events
 from machine import emit_json, machine_info, rounded
 from monai.data import list_data_collate
 
-from unet_monai.bundle import load_workflow
+from unet_monai.bundle import load_workflow, parse_override
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "hippocampus_unet2d"
@@ -67,7 +67,9 @@ def step_function(network: torch.nn.Module, loss: Any, optimizer: torch.optim.Op
     return step
 
 
-def bundle_training(cases: int, epochs: int, warmup: int, work: Path) -> dict[str, Any]:
+def bundle_training(
+    cases: int, epochs: int, warmup: int, work: Path, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The bundle's trainer for ``epochs`` epochs on ``cases`` cases (80 % train); timed after ``warmup``."""
     torch.manual_seed(0)
     workflow = load_workflow(
@@ -79,7 +81,8 @@ def bundle_training(cases: int, epochs: int, warmup: int, work: Path) -> dict[st
         **{
             "train#trainer#max_epochs": epochs,
             "train#handlers": [{"_target_": "unet_monai.handlers.PlainTensorBatches"}],
-        },
+        }
+        | (extra or {}),
     )
     workflow.initialize()
     parser = workflow.parser
@@ -165,15 +168,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cases", type=int, default=40, help="cases (80 %% train, batch 4 volumes)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of the bundle's trainer")
     parser.add_argument("--warmup", type=int, default=4, help="untimed iterations at the start")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a bundle config value (train.json), e.g. --set num_workers=0",
+    )
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args(argv)
+    extra = dict(parse_override(text) for text in args.set)
     if args.quick:
         args.cases, args.epochs, args.warmup = 15, 3, 3
     if args.smoke:
         args.cases, args.epochs, args.warmup = 5, 3, 1
     result: dict[str, Any] = {"machine": machine_info(), "settings": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = bundle_training(args.cases, args.epochs, args.warmup, Path(tmp))
+        bundle = bundle_training(args.cases, args.epochs, args.warmup, Path(tmp), extra)
     config = bundle.pop("parser")
     bf16 = bool(config.get_parsed_content("cpu_bf16"))
     step = step_function(

@@ -166,3 +166,51 @@ def test_keep_largest_component_option(tmp_path: Path, trained_checkpoint: Path)
                 sizes = np.bincount(components.ravel())[1:]
                 expected[(plain == label) & (components != 1 + int(np.argmax(sizes)))] = 0
         np.testing.assert_array_equal(largest, expected, err_msg=plain_path.name)
+
+
+def test_argmax_before_inverting_the_orientation_gives_the_softmax_invert_argmax_mask() -> None:
+    """The bundle takes the argmax of the fused log-probabilities first and inverts one uint8 label
+    map (nearest), not three float32 probability maps: the same mask in a fraction of the memory."""
+    from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd
+    from monai.utils import convert_to_dst_type
+
+    source = require(SPINALCORD / "t2" / "t2.nii.gz")  # PSR: orientation to RAS and back is not a no-op
+    parser = load_workflow(HIPPOCAMPUS_BUNDLE, "inference").parser
+    preprocessing = parser.get_parsed_content("preprocessing")
+    item = preprocessing({"image": str(source)})
+    torch.manual_seed(0)  # log-probabilities of all three classes, as the inferer returns them
+    logits = torch.log_softmax(torch.randn(3, *item["image"].shape[1:]), dim=0)
+    pred = convert_to_dst_type(logits, item["image"])[0]  # with the image's metadata, as from the inferer
+    bundle_steps = Compose(parser.get_parsed_content("postprocessing").transforms[:2])  # argmax, invert
+    old_steps = Compose(
+        [
+            Activationsd(keys="pred", softmax=True),
+            Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False),
+            AsDiscreted(keys="pred", argmax=True),
+        ]
+    )
+    new = bundle_steps({"image": item["image"], "pred": pred.clone()})["pred"]
+    old = old_steps({"image": item["image"], "pred": pred.clone()})["pred"]
+    assert new.dtype == torch.uint8 and new.shape == old.shape == (1, *nib.load(source).shape)
+    assert len(torch.unique(old)) == 3  # every class present: not a trivial comparison
+    assert torch.equal(new.long(), old.long())
+
+
+def test_argmax_labels_by_slab_equals_torch_argmax_in_uint8() -> None:
+    from monai.data import MetaTensor
+
+    from unet_monai.transforms import ArgmaxLabelsd, argmax_labels
+
+    torch.manual_seed(0)
+    scores = torch.randn(4, 9, 7, 37)
+    scores[:, 0, 0, 0] = 1.0  # a tie: the lowest class wins, as with torch.argmax
+    expected = scores.argmax(dim=0, keepdim=True)
+    for slab in (1, 5, 16, 37, 100):
+        labels = argmax_labels(scores, slab)
+        assert labels.dtype == torch.uint8 and torch.equal(labels.long(), expected)
+    affine = torch.diag(torch.tensor([2.0, 3.0, 4.0, 1.0]))
+    out = ArgmaxLabelsd(keys="pred", slab=4)({"pred": MetaTensor(scores, affine=affine)})["pred"]
+    assert isinstance(out, MetaTensor) and out.dtype == torch.uint8
+    assert torch.equal(out.affine, affine) and torch.equal(out.as_tensor().long(), expected)
+    with pytest.raises(ValueError, match="uint8"):
+        argmax_labels(torch.zeros(300, 2, 2, 2))

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.inferers import SimpleInferer
+from monai.inferers import SimpleInferer, SliceInferer
 
 from tests.conftest import HIPPOCAMPUS, require
 from unet_monai.data import msd_datalist
 from unet_monai.inference import MirrorTTAInferer, volume_inferer
+from unet_monai.inference.inferers import SliceEnsembleInferer
 from unet_monai.networks import create_network
 from unet_monai.transforms import (
     build_train_transforms,
     neighbour_channels,
     stack_neighbour_slices,
 )
+from unet_monai.transforms.slices import reverse_neighbour_order, stack_neighbour_slices_of
 
 
 def test_stack_neighbour_slices_shifts_each_channel() -> None:
@@ -91,4 +93,60 @@ def test_mirror_tta_averages_flipped_predictions() -> None:
             atol=1e-5,
             rtol=1e-4,
         )
-    assert isinstance(volume_inferer([16, 16], slice_axis=2, mirror_axes=[0]), MirrorTTAInferer)
+    assert isinstance(volume_inferer([16, 16], slice_axis=2, mirror_axes=[0]), SliceEnsembleInferer)
+    assert isinstance(volume_inferer([16, 16, 16], slice_axis=None, mirror_axes=[0]), MirrorTTAInferer)
+
+
+def test_neighbour_stack_of_a_chunk_is_that_part_of_the_whole_stack() -> None:
+    volume = torch.randn(2, 5, 6, 7)
+    for axis in (0, 1, 2):
+        whole = stack_neighbour_slices(volume, axis, 2)
+        length = volume.shape[axis + 1]
+        for start, stop in [(0, 1), (0, length), (1, 3), (length - 2, length)]:
+            part = stack_neighbour_slices_of(volume, axis, 2, start, stop)
+            assert torch.equal(part, whole.narrow(axis + 1, start, stop - start))
+    with pytest.raises(ValueError, match="outside"):
+        stack_neighbour_slices_of(volume, 0, 1, 3, 9)
+    reversed_stack = reverse_neighbour_order(stack_neighbour_slices(volume, 2, 1), in_channels=2)
+    mirrored = torch.flip(stack_neighbour_slices(torch.flip(volume, [3]), 2, 1), [3])
+    assert torch.equal(reversed_stack, mirrored)
+
+
+def reference_ensemble_with_mirrors(
+    volume: torch.Tensor, net: torch.nn.Module, axes: list[int], roi: list[int], mirror_axes: list[int]
+) -> torch.Tensor:
+    """The unstreamed computation: whole-volume neighbour stacks, MONAI SliceInferer, mirrored volumes."""
+
+    def ensemble(x: torch.Tensor) -> torch.Tensor:
+        total = 0
+        for axis in axes:
+            stacked = stack_neighbour_slices(x[0], axis, 1)[None]
+            inferer = SliceInferer(
+                roi_size=roi, spatial_dim=axis, sw_batch_size=5, overlap=0.25, mode="gaussian"
+            )
+            total = total + torch.softmax(inferer(stacked, net), dim=1)
+        return total
+
+    total = ensemble(volume)
+    for mirror in mirror_axes:
+        total = total + torch.flip(ensemble(torch.flip(volume, [mirror + 2])), [mirror + 2])
+    return total / (len(axes) * (1 + len(mirror_axes)))
+
+
+def test_streamed_ensemble_with_mirrors_equals_the_whole_volume_computation() -> None:
+    """Chunks of a few slices, mirrors batched with the chunk: the same probabilities as whole volumes."""
+    torch.manual_seed(0)
+    net = create_network(
+        "ronneberger_unet", spatial_dims=2, in_channels=3, out_channels=3, features=4, depth=2
+    ).eval()
+    volume = torch.randn(1, 1, 13, 17, 11)  # slices larger and smaller than the 12 x 12 windows
+    for mirror_axes in ([], [0], [2], [0, 1, 2]):
+        streamed = SliceEnsembleInferer(
+            [12, 12], [0, 1, 2], neighbours=1, sw_batch_size=5, mirror_axes=mirror_axes, chunk_windows=7
+        )
+        assert streamed.slices_per_chunk([13, 17, 11], 2, [12, 12]) < 11  # several chunks per axis
+        with torch.no_grad():
+            result = torch.softmax(streamed(volume, net), dim=1)
+            expected = reference_ensemble_with_mirrors(volume, net, [0, 1, 2], [12, 12], mirror_axes)
+        assert result.shape == (1, 3, 13, 17, 11)
+        torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-4)

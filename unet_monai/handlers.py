@@ -7,6 +7,9 @@ never inverted, yet that bookkeeping costs more than the transforms themselves o
 2.5 s without). This handler switches MONAI's metadata tracking off while the engine draws a batch, and
 back on as soon as the batch is in hand, so validation and inference keep their metadata.
 
+``untracked_worker_init``: the same for batches drawn in DataLoader worker processes, which keep
+their own tracking setting (with MONAI's per-worker seeding of the random transforms).
+
 ``AxisEnsembleCheckpointLoader``: loads each member of an ``AxisEnsemble`` (one 2D network per
 slice direction) from its own checkpoint when the engine starts, as MONAI's ``CheckpointLoader``
 does for one network.
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from ignite.engine import Engine, Events
 from monai.data import get_track_meta, set_track_meta
+from monai.data.utils import worker_init_fn
 
 from unet_monai.networks.axis_ensemble import AxisEnsemble, load_member_checkpoints
 
@@ -58,6 +62,13 @@ class PlainTensorBatches:
         does not raise again (MONAI's own handlers re-raise the same way)."""
         self.tracking_restored()
         raise error
+
+
+def untracked_worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` for training DataLoaders: MONAI's per-worker seeding of the random transforms,
+    then metadata tracking off in the worker process (what ``PlainTensorBatches`` does in the main one)."""
+    worker_init_fn(worker_id)
+    set_track_meta(False)
 
 
 class AxisEnsembleCheckpointLoader:

@@ -11,7 +11,7 @@ from monai.utils import convert_to_dst_type
 
 from unet_monai.inference.tta import MirrorTTAInferer
 from unet_monai.networks.axis_ensemble import AxisEnsemble
-from unet_monai.transforms.slices import stack_neighbour_slices
+from unet_monai.transforms.slices import reverse_neighbour_order, stack_neighbour_slices_of
 
 
 class SliceEnsembleInferer(Inferer):
@@ -19,11 +19,18 @@ class SliceEnsembleInferer(Inferer):
 
     For each axis the volume's slices (each with ``neighbours`` slices on either side stacked as
     channels, as in training) go through MONAI's ``SliceInferer``; the softmax probabilities of the
-    axes are averaged (multi-axis fusion). The output is the log of that average, so a downstream
-    softmax gives the fused probabilities back.
+    axes (and of the mirror images, ``mirror_axes``) are averaged (multi-axis fusion, test-time
+    augmentation). The output is the log of that average, so a downstream softmax gives the fused
+    probabilities back, and an argmax gives the labels.
 
     With an ``AxisEnsemble`` as the network, member ``k`` segments the slices along
     ``slice_axes[k]`` (its own axis); any other network segments the slices of every axis.
+
+    Memory: the volume is processed a chunk of slices at a time (enough slices for about
+    ``chunk_windows`` windows), and each chunk's probabilities are added in place into one running
+    sum. Beyond the input, only that sum (one float32 volume per class) is volume-sized; the
+    neighbour stacks, mirror images, blending buffers and softmax exist for one chunk at a time. The
+    mirror images of a chunk go through the network in the same batches as the chunk itself.
 
     Args:
         roi_size: the network's 2D input size (the slices of every axis are padded to it, or
@@ -31,6 +38,11 @@ class SliceEnsembleInferer(Inferer):
         slice_axes: volume axes to slice along, e.g. ``[2]`` or ``[0, 1, 2]``.
         neighbours: slices on each side stacked as channels (0: plain 2D).
         sw_batch_size, overlap, mode, progress: as for ``SliceInferer``.
+        mirror_axes: volume axes (0, 1, 2) to mirror for test-time augmentation, one extra pass each
+            (nnU-Net style: probabilities averaged with the unmirrored pass).
+        chunk_windows: windows per chunk of slices (default ``4 * sw_batch_size``).
+        sw_device, device: where windows run and where the probabilities are summed (as for
+            ``SliceInferer``; e.g. ``sw_device="cuda", device="cpu"`` for volumes too big for the GPU).
     """
 
     def __init__(
@@ -42,11 +54,22 @@ class SliceEnsembleInferer(Inferer):
         overlap: float = 0.25,
         mode: str = "gaussian",
         progress: bool = False,
+        mirror_axes: Sequence[int] = (),
+        chunk_windows: int | None = None,
+        sw_device: torch.device | str | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         self.slice_axes = list(slice_axes)
         self.neighbours = neighbours
-        roi_sizes = per_axis_roi_sizes(roi_size, self.slice_axes)
+        self.mirror_axes = [int(axis) for axis in mirror_axes]
+        if any(axis not in (0, 1, 2) for axis in self.slice_axes + self.mirror_axes):
+            raise ValueError(
+                f"slice axes {self.slice_axes} and mirror axes {self.mirror_axes}: need axes in 0..2"
+            )
+        self.roi_sizes = per_axis_roi_sizes(roi_size, self.slice_axes)
+        self.overlap = overlap
+        self.chunk_windows = chunk_windows if chunk_windows is not None else 4 * sw_batch_size
         self.inferers = [
             SliceInferer(
                 roi_size=axis_roi_size,
@@ -55,8 +78,10 @@ class SliceEnsembleInferer(Inferer):
                 overlap=overlap,
                 mode=mode,
                 progress=progress,
+                sw_device=sw_device,
+                device=device,
             )
-            for axis, axis_roi_size in zip(self.slice_axes, roi_sizes, strict=True)
+            for axis, axis_roi_size in zip(self.slice_axes, self.roi_sizes, strict=True)
         ]
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -68,14 +93,75 @@ class SliceEnsembleInferer(Inferer):
                     f"the inferer slices along {self.slice_axes}"
                 )
             members = list(network.members)
-        total = None
-        for axis, inferer, member in zip(self.slice_axes, self.inferers, members, strict=True):
-            stacked = torch.stack([stack_neighbour_slices(item, axis, self.neighbours) for item in inputs])
-            probabilities = torch.softmax(inferer(stacked, member, *args, **kwargs), dim=1)
-            total = probabilities if total is None else total + probabilities
-        fused = torch.log((total / len(self.slice_axes)).clamp_min(1e-8))
+        fused = [self._infer_volume(volume, members, *args, **kwargs) for volume in inputs]
+        output = fused[0].unsqueeze(0) if len(fused) == 1 else torch.stack(fused)
         # Carry the input's metadata (affine, applied transforms) as MONAI's own inferers do.
-        return convert_to_dst_type(fused, inputs)[0]
+        return convert_to_dst_type(output, inputs, device=output.device)[0]
+
+    def _infer_volume(
+        self, volume: torch.Tensor, members: list[Any], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """Log of the mean probabilities over axes and mirrors for one channel-first volume (C, X, Y, Z)."""
+        volume = volume.as_tensor() if hasattr(volume, "as_tensor") else volume  # plain tensors inside
+        total: torch.Tensor | None = None
+        for axis, roi, inferer, member in zip(
+            self.slice_axes, self.roi_sizes, self.inferers, members, strict=True
+        ):
+            length = volume.shape[axis + 1]
+            step = self.slices_per_chunk(volume.shape[1:], axis, roi)
+            for start in range(0, length, step):
+                stop = min(length, start + step)
+                probabilities = self._chunk_probabilities(
+                    volume, axis, start, stop, inferer, member, *args, **kwargs
+                )
+                if total is None:
+                    total = torch.zeros(
+                        (probabilities.shape[0], *volume.shape[1:]),
+                        dtype=torch.float32,
+                        device=probabilities.device,
+                    )
+                total.narrow(axis + 1, start, stop - start).add_(probabilities)
+        passes = len(self.slice_axes) * (1 + len(self.mirror_axes))
+        return total.div_(passes).clamp_min_(1e-8).log_()
+
+    def _chunk_probabilities(
+        self,
+        volume: torch.Tensor,
+        axis: int,
+        start: int,
+        stop: int,
+        inferer: SliceInferer,
+        member: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Softmax probabilities of slices ``start .. stop - 1`` along ``axis``, summed over their mirrors."""
+        chunk = stack_neighbour_slices_of(volume, axis, self.neighbours, start, stop)
+        batch = [chunk]
+        for mirror in self.mirror_axes:
+            if mirror == axis:  # mirroring along the slice axis reverses each slice's neighbours
+                batch.append(reverse_neighbour_order(chunk, volume.shape[0]))
+            else:
+                batch.append(torch.flip(chunk, [mirror + 1]))
+        logits = inferer(torch.stack(batch), member, *args, **kwargs)
+        probabilities = torch.softmax(logits.float(), dim=1)
+        total = probabilities[0]
+        for index, mirror in enumerate(self.mirror_axes, start=1):
+            flipped_back = (
+                probabilities[index] if mirror == axis else torch.flip(probabilities[index], [mirror + 1])
+            )
+            total = total + flipped_back
+        return total
+
+    def slices_per_chunk(self, spatial_shape: Sequence[int], axis: int, roi: Sequence[int]) -> int:
+        """Slices per chunk so that a chunk (with its mirrors) holds about ``chunk_windows`` windows."""
+        plane = [size for dim, size in enumerate(spatial_shape) if dim != axis]
+        windows_per_slice = 1
+        for size, window in zip(plane, roi, strict=True):
+            stride = max(1, int(window * (1 - self.overlap)))
+            windows_per_slice *= 1 if size <= window else -(-(size - window) // stride) + 1
+        per_slice = windows_per_slice * (1 + len(self.mirror_axes))
+        return max(1, self.chunk_windows // per_slice)
 
 
 def per_axis_roi_sizes(
@@ -102,6 +188,8 @@ def volume_inferer(
     mode: str = "gaussian",
     progress: bool = False,
     mirror_axes: Sequence[int] = (),
+    sw_device: torch.device | str | None = None,
+    device: torch.device | str | None = None,
 ) -> Inferer:
     """The MONAI inferer that applies a network to a whole volume.
 
@@ -123,16 +211,24 @@ def volume_inferer(
         progress: show a progress bar over the windows of each volume.
         mirror_axes: mirror test-time augmentation along these volume axes (``MirrorTTAInferer``);
             the output is then log-probabilities (a softmax downstream gives the averaged probabilities).
+        sw_device, device: where the windows run and where the output is assembled (MONAI's
+            arguments; ``device="cpu"`` keeps a big volume's output off the GPU).
     """
-    if slice_axis is not None and (not isinstance(slice_axis, int) or neighbours > 0):
+    if slice_axis is not None and (not isinstance(slice_axis, int) or neighbours > 0 or mirror_axes):
         axes = [slice_axis] if isinstance(slice_axis, int) else list(slice_axis)
-        if any(axis not in (0, 1, 2) for axis in axes):
-            raise ValueError(f"slice axes {axes}: need axes in 0..2")
-        inferer: Inferer = SliceEnsembleInferer(
-            roi_size, axes, neighbours, sw_batch_size, overlap, mode, progress
+        return SliceEnsembleInferer(
+            roi_size,
+            axes,
+            neighbours,
+            sw_batch_size,
+            overlap,
+            mode,
+            progress,
+            mirror_axes=mirror_axes,
+            sw_device=sw_device,
+            device=device,
         )
-    else:
-        inferer = _window_inferer(roi_size, slice_axis, sw_batch_size, overlap, mode, progress)
+    inferer = _window_inferer(roi_size, slice_axis, sw_batch_size, overlap, mode, progress, sw_device, device)
     if mirror_axes:
         return MirrorTTAInferer(inferer, spatial_axes=mirror_axes)
     return inferer
@@ -145,6 +241,8 @@ def _window_inferer(
     overlap: float,
     mode: str,
     progress: bool,
+    sw_device: torch.device | str | None = None,
+    device: torch.device | str | None = None,
 ) -> SlidingWindowInferer:
     """SliceInferer for 2D roi sizes with a slice axis, SlidingWindowInferer for 3D ones."""
     roi_size = list(roi_size)
@@ -152,7 +250,13 @@ def _window_inferer(
         if len(roi_size) != 3:
             raise ValueError(f"roi_size {roi_size}: a 3D network needs a 3D roi_size (or set slice_axis)")
         return SlidingWindowInferer(
-            roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode, progress=progress
+            roi_size=roi_size,
+            sw_batch_size=sw_batch_size,
+            overlap=overlap,
+            mode=mode,
+            progress=progress,
+            sw_device=sw_device,
+            device=device,
         )
     if len(roi_size) != 2:
         raise ValueError(f"roi_size {roi_size}: slice-by-slice inference needs a 2D roi_size")
@@ -165,4 +269,6 @@ def _window_inferer(
         overlap=overlap,
         mode=mode,
         progress=progress,
+        sw_device=sw_device,
+        device=device,
     )

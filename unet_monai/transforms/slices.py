@@ -17,20 +17,50 @@ def stack_neighbour_slices(volume: torch.Tensor, slice_axis: int, neighbours: in
     result holds slices ``k - n .. k + n`` of the input: any slice sampler or ``SliceInferer`` downstream
     then sees 2.5D input without knowing about it. The centre channel is the input itself.
     """
-    if neighbours < 0:
-        raise ValueError(f"neighbours must be >= 0, got {neighbours}")
     if neighbours == 0:
         return volume
+    return stack_neighbour_slices_of(volume, slice_axis, neighbours, 0, volume.shape[slice_axis + 1])
+
+
+def stack_neighbour_slices_of(
+    volume: torch.Tensor, slice_axis: int, neighbours: int, start: int, stop: int
+) -> torch.Tensor:
+    """``stack_neighbour_slices(volume, ...)`` for slices ``start .. stop - 1`` along ``slice_axis`` only.
+
+    Reads only those slices and ``neighbours`` more on each side, so whole-volume inference can stack
+    neighbours a chunk of slices at a time instead of holding a (2n + 1)-times copy of the volume.
+    """
+    if neighbours < 0:
+        raise ValueError(f"neighbours must be >= 0, got {neighbours}")
     dim = slice_axis + 1  # skip the channel dimension
     length = volume.shape[dim]
+    if not 0 <= start < stop <= length:
+        raise ValueError(f"slices {start}..{stop - 1}: outside the {length} slices along axis {slice_axis}")
+    first, last = max(0, start - neighbours), min(length, stop + neighbours)
+    chunk = volume.narrow(dim, first, last - first)
+    if neighbours == 0:
+        return chunk
     padding = [0, 0] * (volume.ndim - 1)
-    # torch.nn.functional.pad lists dimensions from the last one backwards
-    padding[2 * (volume.ndim - 1 - dim)] = neighbours
-    padding[2 * (volume.ndim - 1 - dim) + 1] = neighbours
-    padded = torch.nn.functional.pad(volume, padding)
-    shifted = [padded.narrow(dim, offset, length) for offset in range(2 * neighbours + 1)]
+    # torch.nn.functional.pad lists dimensions from the last one backwards; zeros beyond the volume's ends
+    padding[2 * (volume.ndim - 1 - dim)] = neighbours - (start - first)
+    padding[2 * (volume.ndim - 1 - dim) + 1] = neighbours - (last - stop)
+    padded = torch.nn.functional.pad(chunk, padding)
+    shifted = [padded.narrow(dim, offset, stop - start) for offset in range(2 * neighbours + 1)]
     # (C, 2n + 1, X, Y, Z) -> (C * (2n + 1), X, Y, Z), channel-major as documented
     return torch.stack(shifted, dim=1).flatten(0, 1)
+
+
+def reverse_neighbour_order(stacked: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Reverse the slice order of a neighbour stack (channel-first, batched or not).
+
+    For a 2D network that sees each slice with its neighbours, mirroring the volume along the slice
+    axis is the same as reversing the neighbours of every slice: slice ``k`` of the mirrored volume holds
+    the slices ``k + n .. k - n`` of the original, in that order.
+    """
+    channel_dim = stacked.ndim - 4  # (C', X, Y, Z) or (B, C', X, Y, Z)
+    channels = stacked.shape[channel_dim]
+    grouped = stacked.unflatten(channel_dim, (in_channels, channels // in_channels))
+    return grouped.flip(channel_dim + 1).flatten(channel_dim, channel_dim + 1)
 
 
 class StackNeighbourSlicesd(MapTransform):
