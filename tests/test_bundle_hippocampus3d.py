@@ -157,8 +157,9 @@ def test_unet_monai_infer_keeps_the_inputs_geometry(smoke_run: tuple[Path, str],
     source = sorted((require(HIPPOCAMPUS) / "imagesTr").glob("*.nii.gz"))[0]
     args = ["infer", "--bundle", str(BUNDLE), "--input", str(source), "--output", str(tmp_path)]
     assert cli_main([*args, "--checkpoint", str(root / "models" / "model.pt"), *NETWORK_SETTINGS]) == 0
-    assert [p.name for p in tmp_path.iterdir()] == [source.name.replace(".nii.gz", "_seg.nii.gz")]
-    mask = nib.load(next(tmp_path.iterdir()))
+    mask_name = source.name.replace(".nii.gz", "_seg.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mask_name, "inference_report.json"]
+    mask = nib.load(tmp_path / mask_name)
     image = nib.load(source)
     assert mask.shape == image.shape
     np.testing.assert_allclose(mask.affine, image.affine, atol=1e-5)

@@ -92,7 +92,9 @@ def test_train_infer_evaluate(tmp_path: Path, synthetic_dataset: Path, capsys: p
     ]
     assert main([*args, "--input", str(images), "--output", str(masks)]) == 0
     written = sorted(p.name for p in masks.iterdir())
-    assert written == sorted(p.name.replace(".nii.gz", "_seg.nii.gz") for p in images.iterdir())
+    expected = [p.name.replace(".nii.gz", "_seg.nii.gz") for p in images.iterdir()]
+    expected.append("inference_report.json")
+    assert written == sorted(expected)
 
     assert main(["evaluate", "--pred", str(masks), "--label", str(synthetic_dataset / "labelsTr"),
                  "--output", str(tmp_path / "report"), "--class-names", "head", "tail"]) == 0  # fmt: skip
@@ -119,8 +121,9 @@ def test_infer_real_hippocampus_file_and_folder(tmp_path: Path, trained_checkpoi
     ]
     assert main([*args, "--input", str(folder), "--output", str(tmp_path / "all")]) == 0
     assert main([*args, "--input", str(source[0]), "--output", str(tmp_path / "one")]) == 0
-    assert [p.name for p in (tmp_path / "one").iterdir()] == [
-        source[0].name.replace(".nii.gz", "_seg.nii.gz")
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [
+        source[0].name.replace(".nii.gz", "_seg.nii.gz"),
+        "inference_report.json",
     ]
     for path in source:
         mask = nib.load(tmp_path / "all" / path.name.replace(".nii.gz", "_seg.nii.gz"))

@@ -7,12 +7,46 @@ with MONAI's own command, with ``bundle_root`` set to the bundle's folder wherev
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from monai.bundle import ConfigWorkflow
 
+from unet_monai.data.checks import check_datalist, check_positive_int, check_writable_folder
+
 WORKFLOW_TYPES = {"train": "train", "evaluate": "train", "inference": "infer"}
+# This repository's own bundles; others get a warning that their configs run code.
+OWN_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+# Config ids checked before a workflow runs: the datalists its datasets read, and its output folders.
+DATASET_IDS = {
+    "train": ("datalist", "train#dataset#data", "validate#dataset#data"),
+    "evaluate": ("datalist", "validate#dataset#data"),
+    "inference": ("datalist", "dataset#data"),
+}
+OUTPUT_IDS = {"train": ("output_dir", "ckpt_dir"), "evaluate": ("output_dir",), "inference": ("output_dir",)}
+EPOCHS_ID = "train#trainer#max_epochs"
+
+logger = logging.getLogger(__name__)
+_warned_bundles: set[Path] = set()
+
+
+def warn_untrusted(bundle_dir: Path) -> None:
+    """Warn, once per bundle folder, that a bundle from outside this repository runs its configs' code.
+
+    Bundle configs hold Python expressions (``$...``) and ``_target_`` imports that run when the bundle
+    is parsed, like a script. This repository's own bundles are trusted: warning on every test and CLI
+    run of them would only teach users to ignore the warning.
+    """
+    bundle_dir = bundle_dir.resolve()
+    if bundle_dir.is_relative_to(OWN_BUNDLES) or bundle_dir in _warned_bundles:
+        return
+    _warned_bundles.add(bundle_dir)
+    logger.warning(
+        "%s: bundle configs can execute arbitrary code ($-expressions, _target_ imports); "
+        "only run bundles you trust",
+        bundle_dir,
+    )
 
 
 def config_files(bundle_dir: str | Path, name: str) -> list[str]:
@@ -37,6 +71,7 @@ def load_workflow(bundle_dir: str | Path, name: str, **overrides: Any) -> Config
     if name not in WORKFLOW_TYPES:
         raise ValueError(f"workflow must be one of {sorted(WORKFLOW_TYPES)}, got {name!r}")
     bundle_dir = Path(bundle_dir).resolve()
+    warn_untrusted(bundle_dir)
     overrides.setdefault("bundle_root", str(bundle_dir))
     workflow = ConfigWorkflow(
         config_file=config_files(bundle_dir, name),
@@ -48,10 +83,27 @@ def load_workflow(bundle_dir: str | Path, name: str, **overrides: Any) -> Config
     return workflow
 
 
+def check_workflow(workflow: ConfigWorkflow, name: str) -> None:
+    """Before a workflow runs: the files its datasets name exist and are readable (one error listing
+    every one that does not), training has a positive number of epochs, and its output folders can be
+    written. Each problem is a ``BadInputError`` naming the config id."""
+    parser = workflow.parser
+    for key in DATASET_IDS[name]:
+        items = parser.get_parsed_content(key) if key in parser else None
+        if isinstance(items, (list, tuple)):
+            check_datalist(items, source=key)
+    if name == "train" and EPOCHS_ID in parser:
+        check_positive_int(parser.get_parsed_content(EPOCHS_ID), EPOCHS_ID)
+    for key in OUTPUT_IDS[name]:
+        if key in parser:
+            check_writable_folder(parser.get_parsed_content(key), key)
+
+
 def run_workflow(bundle_dir: str | Path, name: str, **overrides: Any) -> ConfigWorkflow:
-    """Initialise, run and finalise a bundle workflow; returns it for inspection."""
+    """Initialise, check (``check_workflow``), run and finalise a bundle workflow; returns it."""
     workflow = load_workflow(bundle_dir, name, **overrides)
     workflow.initialize()
+    check_workflow(workflow, name)
     workflow.run()
     workflow.finalize()
     return workflow

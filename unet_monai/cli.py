@@ -27,7 +27,12 @@ def _image_files(path: Path) -> list[str]:
             raise SystemExit(f"error: {path}: not an image file ({suffixes})")
         return [str(path.resolve())]
     if path.is_dir():
-        files = sorted(str(p.resolve()) for p in path.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
+        # hidden files are skipped: e.g. the .partial-* files of an interrupted atomic write
+        files = sorted(
+            str(p.resolve())
+            for p in path.iterdir()
+            if p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith(".")
+        )
         if not files:
             raise SystemExit(f"error: {path}: folder holds no image files ({suffixes})")
         return files
@@ -43,6 +48,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["dataset_dir"] = str(Path(args.data).resolve())
     if args.epochs is not None:
         overrides["train#trainer#max_epochs"] = args.epochs
+    if args.resume:
+        overrides["resume"] = True
     members = load_workflow(args.bundle, "train", **overrides).parser.get("members")
     if "member" in overrides or not isinstance(members, list):
         runs = [overrides]
@@ -100,16 +107,15 @@ def cmd_infer_dicom(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from unet_monai.bundle import run_workflow
+    """Segment image files: bad cases reported and skipped (exit 1), outputs atomic, resumable, sharded."""
+    from unet_monai.batch_inference import run_batch_inference, shard_from
 
     if _dicom_input(args):
         return cmd_infer_dicom(args)
     if args.format in ("seg", "both"):
         raise SystemExit(f"error: {args.input}: --format {args.format} needs a folder of DICOM images")
     files = _image_files(Path(args.input))
-    overrides = _overrides(args)
-    overrides["datalist"] = files
-    overrides["output_dir"] = str(Path(args.output).resolve())
+    overrides = {"dataset_dir": str(Path(args.input).resolve())} | _overrides(args)
     if args.checkpoint is not None:
         overrides["ckpt_path"] = str(Path(args.checkpoint).resolve())
     checkpoint = Path(overrides.get("ckpt_path", Path(args.bundle) / "models" / "model.pt"))
@@ -117,9 +123,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"error: {checkpoint}: no trained weights; run `unet-monai train --bundle {args.bundle}`"
         )
-    run_workflow(args.bundle, "inference", **overrides)
-    print(f"{len(files)} mask(s) written to {overrides['output_dir']}")
-    return 0
+    report = run_batch_inference(
+        args.bundle, files, args.output, overrides, resume=args.resume, shard=shard_from(args.shard)
+    )
+    print(f"{report.summary()} (masks in {Path(args.output).resolve()}; report {report.report_path})")
+    return report.exit_code
 
 
 def cmd_pacs(args: argparse.Namespace) -> int:
@@ -222,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/hippocampus_unet2d")
     train.add_argument("--data", help="dataset folder (the bundle's dataset_dir)")
     train.add_argument("--epochs", type=int, help="number of epochs (train#trainer#max_epochs)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each run from its last per-epoch checkpoint (BUNDLE/models/resume.pt; "
+        "resume_member<K>.pt for ensemble members): weights, optimiser, LR schedule, epoch, best metric",
+    )
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     train.set_defaults(func=cmd_train)
 
@@ -231,7 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Apply a trained bundle (configs/inference.json) to whole volumes; each mask is written "
         "as OUTPUT/<case>_seg.nii.gz with exactly the input's shape and affine. A folder holding one "
         "DICOM series (for a volume bundle, or with --format) gives OUTPUT/<SeriesInstanceUID>_seg.dcm, "
-        "a DICOM SEG referencing the series' instances, and / or <SeriesInstanceUID>_seg.nii.gz.",
+        "a DICOM SEG referencing the series' instances, and / or <SeriesInstanceUID>_seg.nii.gz. A file that "
+        "cannot be read or segmented is reported (<file>: <problem>) and skipped, the others are written "
+        "(each renamed into place when complete), OUTPUT/inference_report.json lists every case, and the "
+        "exit code is 1 when any case failed.",
     )
     infer.add_argument("--bundle", required=True, help="bundle folder")
     infer.add_argument(
@@ -252,6 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--modality", help="DICOM input: only series of this modality (e.g. MR)")
     infer.add_argument(
         "--seg-type", choices=["binary", "labelmap"], default="binary", help="DICOM SEG type (default binary)"
+    )
+    infer.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip cases whose mask already exists (masks are renamed into place when complete, so an "
+        "existing one is whole); without it existing masks are overwritten",
+    )
+    infer.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="process cases[I::N] of the sorted inputs (0 <= I < N; a case is a file, or a patient folder "
+        "for a multi-modal bundle), for N independent jobs; under torchrun each rank takes its share from "
+        "RANK / WORLD_SIZE without this option",
     )
     infer.set_defaults(func=cmd_infer)
 
@@ -317,20 +347,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _root_cause(error: BaseException) -> BaseException:
-    """The innermost error: MONAI's config parser wraps what a config expression raised in RuntimeErrors."""
-    while error.__cause__ is not None:
+    """The innermost error: MONAI's config parser and ``Compose`` wrap what a config expression or a
+    transform raised in RuntimeErrors. A ``BadInputError`` (its message names the file) ends the walk."""
+    from unet_monai.data.checks import BadInputError
+
+    while error.__cause__ is not None and not isinstance(error, BadInputError):
         error = error.__cause__
     return error
 
 
+def _one_line(error: BaseException) -> str:
+    """The error as one line: an OS error as ``<path>: <reason>``, others their message's first line."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    lines = str(error).strip().splitlines()
+    return lines[0].strip() if lines else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; bad input (a ValueError or an OS error such as a missing file or an unwritable
+    folder, however deep MONAI wrapped it) is printed as one ``error: ...`` line with exit code 2."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except Exception as error:
         cause = _root_cause(error)
-        if isinstance(cause, (FileNotFoundError, ValueError)):
-            print(f"error: {cause}", file=sys.stderr)
+        if isinstance(cause, (OSError, ValueError)):
+            print(f"error: {_one_line(cause)}", file=sys.stderr)
             return 2
         raise
 

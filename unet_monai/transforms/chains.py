@@ -19,7 +19,6 @@ from monai.transforms import (
     DivisiblePadd,
     EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     MapTransform,
     NormalizeIntensityd,
     OneOf,
@@ -39,6 +38,7 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
+from unet_monai.transforms.checks import CheckedLoadImaged, input_checks
 from unet_monai.transforms.slices import StackNeighbourSlicesd
 
 INTENSITY_METHODS = ("zscore", "percentile", "range", "none")
@@ -46,16 +46,25 @@ INTENSITY_METHODS = ("zscore", "percentile", "range", "none")
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
-def load_transforms(keys: Sequence[str], reader: str | None = None, axcodes: str | None = "RAS") -> list:
+def load_transforms(
+    keys: Sequence[str],
+    reader: str | None = None,
+    axcodes: str | None = "RAS",
+    checks: Sequence[MapTransform] = (),
+) -> list:
     """Read files (NIfTI, DICOM series folders, PNG / TIFF) into channel-first images.
+
+    A file that cannot be read (missing, truncated, corrupt) stops with one error naming it
+    (``CheckedLoadImaged``).
 
     Args:
         keys: dictionary keys holding file paths, e.g. ``["image", "label"]``.
         reader: a MONAI reader name ("NibabelReader", "ITKReader", "PydicomReader", "PILReader");
             ``None`` lets MONAI pick one from the file suffix.
         axcodes: reorient to these axis codes ("RAS"); ``None`` keeps the file's orientation (2D images).
+        checks: transforms run on the images as loaded, before reorientation (``input_checks``).
     """
-    transforms: list = [LoadImaged(keys=keys, reader=reader, image_only=True), EnsureChannelFirstd(keys=keys)]
+    transforms: list = [CheckedLoadImaged(keys=keys, reader=reader), EnsureChannelFirstd(keys=keys), *checks]
     if axcodes is not None:
         transforms.append(Orientationd(keys=keys, axcodes=axcodes, labels=RAS_LABELS))
     return transforms
@@ -222,8 +231,12 @@ def build_train_transforms(
     scale: float = 0.15,
     shear: float = 0.0,
     flip_axes: Sequence[int] = (),
+    channels: int | None = 1,
+    num_classes: int | None = None,
+    allow_empty_labels: bool | None = None,
+    spatial_dims: int | None = None,
 ) -> Compose:
-    """Training chain: load, orient, scale, sample patches (slices for 2D networks), augment.
+    """Training chain: load, check, orient, scale, sample patches (slices for 2D networks), augment.
 
     Args:
         slice_axis: for a 2D network on 3D volumes, the volume axis to slice along, or several
@@ -235,10 +248,26 @@ def build_train_transforms(
             to it and randomly cropped down to it.
         num_samples: patches (slices) drawn per volume per iteration.
         pos_fraction: fraction of patches centred on foreground.
+        channels: image channels the network takes (a 4D NIfTI's 4th axis is read as channels);
+            ``None`` accepts any.
+        num_classes: classes including background; label values outside ``0 .. num_classes - 1``
+            stop with an error naming the file (``None``: any non-negative integer).
+        allow_empty_labels: accept labels of background only; ``None``: yes for 2D images, no for
+            volumes (a volume without foreground is a missing or wrong mask).
+        spatial_dims: spatial dimensions of the loaded images; default: 3 when slicing volumes
+            (``slice_axis`` set), else those of ``roi_size``.
         Other arguments: see ``load_transforms``, ``intensity_transform`` and ``augmentation_transforms``.
+
+    Right after loading, every image and label is checked (``unet_monai.transforms.checks``): images
+    of the wrong dimensions or channels, NaN / infinite or constant intensities, labels outside the
+    classes, empty volume labels, and label grids (shape, affine) that differ from the image's stop
+    with one error naming the file.
     """
     keys = [image_key, label_key]
-    transforms = load_transforms(keys, reader=reader, axcodes=axcodes)
+    image_dims = spatial_dims or (3 if slice_axis is not None else len(roi_size))
+    empty_ok = image_dims == 2 if allow_empty_labels is None else allow_empty_labels
+    checks = input_checks(image_key, label_key, image_dims, channels, num_classes, empty_ok)
+    transforms = load_transforms(keys, reader=reader, axcodes=axcodes, checks=checks)
     transforms += intensity_transform(
         image_key, intensity, percentiles[0], percentiles[1], intensity_range[0], intensity_range[1]
     )
@@ -276,8 +305,12 @@ def build_eval_transforms(
     intensity_range: Sequence[float] = (0.0, 1.0),
     resize_to: Sequence[int] | None = None,
     divisible_by: int | None = None,
+    channels: int | None = 1,
+    num_classes: int | None = None,
+    allow_empty_labels: bool | None = None,
+    spatial_dims: int | None = None,
 ) -> Compose:
-    """Validation / inference chain: the whole image or volume, loaded, oriented and scaled.
+    """Validation / inference chain: the whole image or volume, loaded, checked, oriented and scaled.
 
     No cropping: ``SliceInferer`` / ``SlidingWindowInferer`` pad each window to the network's
     size themselves, and ``Invertd`` undoes the orientation (and any resize / pad) so masks
@@ -286,10 +319,15 @@ def build_eval_transforms(
     Args:
         label_key: ``None`` for inference without labels.
         divisible_by: pad every spatial size up to a multiple of this (for networks that need it).
-        Other arguments: as in ``build_train_transforms``.
+        spatial_dims: spatial dimensions of the images; default: three when ``axcodes`` names three
+            axes (volumes), else not checked.
+        Other arguments: as in ``build_train_transforms`` (the same checks run after loading).
     """
     keys = [image_key] if label_key is None else [image_key, label_key]
-    transforms: list[MapTransform] = load_transforms(keys, reader=reader, axcodes=axcodes)
+    image_dims = spatial_dims if spatial_dims is not None else (len(axcodes) if axcodes else None)
+    empty_ok = image_dims != 3 if allow_empty_labels is None else allow_empty_labels
+    checks = input_checks(image_key, label_key, image_dims, channels, num_classes, empty_ok)
+    transforms: list[MapTransform] = load_transforms(keys, reader=reader, axcodes=axcodes, checks=checks)
     transforms += intensity_transform(
         image_key, intensity, percentiles[0], percentiles[1], intensity_range[0], intensity_range[1]
     )

@@ -1,0 +1,244 @@
+"""Training runs that survive a kill and scale out: resume checkpoints and the torchrun set-up.
+
+``ResumeCheckpoint`` (a trainer handler) writes, at the end of every epoch, everything a run needs to
+continue: network, optimiser, LR scheduler, the trainer's state (epoch, iteration), AMP's GradScaler,
+the validator's best metric and the ranking of the best-metric ``CheckpointSaver`` (so that
+``model.pt`` is not replaced by a worse model after resuming). It writes through ignite's
+``DiskSaver(atomic=True)``: a temporary file in the same folder, then ``os.replace``, on rank 0 only.
+With ``resume`` on, MONAI's ``CheckpointLoader`` (``torch.load(weights_only=True)``) restores it all
+when the trainer starts, so the run continues at the next epoch.
+
+``AtomicCheckpointSaver`` is MONAI's ``CheckpointSaver`` writing the same way, so that ``model.pt`` is
+never missing or half-written either.
+
+``distributed_device`` and ``rank_handlers`` are what a bundle's ``multi_gpu_train.json`` needs under
+``torchrun``: the process group (NCCL on CUDA, Gloo on CPU), this rank's device from ``LOCAL_RANK``, and
+the logging / saving handlers kept on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver, ProgressBar
+from monai.handlers import (
+    CheckpointLoader,
+    CheckpointSaver,
+    MetricsSaver,
+    StatsHandler,
+    TensorBoardImageHandler,
+    TensorBoardStatsHandler,
+)
+
+# Handlers that only log or write files: multi-GPU runs keep them on rank 0 only.
+RANK_ZERO_HANDLERS = (
+    StatsHandler,
+    TensorBoardStatsHandler,
+    TensorBoardImageHandler,
+    CheckpointSaver,
+    MetricsSaver,
+    ProgressBar,
+)
+
+
+class BestMetric:
+    """An engine's best key metric and its epoch (MONAI keeps them in ``engine.state``) as a state dict."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {
+            "best_metric": float(self.engine.state.best_metric),
+            "best_metric_epoch": int(self.engine.state.best_metric_epoch),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.engine.state.best_metric = state["best_metric"]
+        self.engine.state.best_metric_epoch = state["best_metric_epoch"]
+
+
+class BestCheckpointRanking:
+    """The scores a key-metric ``CheckpointSaver`` has kept, as a state dict.
+
+    MONAI's ``CheckpointSaver.load_state_dict`` restores them (its documented way to resume the key metric
+    tracking) but it has no ``state_dict``; this reads the same ignite ``Checkpoint`` state it restores.
+    """
+
+    def __init__(self, saver: CheckpointSaver) -> None:
+        if saver._key_metric_checkpoint is None:
+            raise ValueError("best_saver: a CheckpointSaver with save_key_metric=true is needed")
+        self.saver = saver
+
+    def state_dict(self) -> dict[str, list]:
+        return self.saver._key_metric_checkpoint.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.saver.load_state_dict(state)
+
+
+def _unwrapped(obj: Any) -> Any:
+    """The network inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (checkpoint keys without
+    ``module.``), as ignite's ``Checkpoint`` saves it."""
+    if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        return obj.module
+    return obj
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` with every file written atomically.
+
+    MONAI builds ignite's ``DiskSaver`` with ``atomic=False`` (for group-read permission, which ignite now
+    sets itself), and replaces a fixed-name file (``model.pt``) by deleting it and then writing the new one:
+    a kill in between leaves no file, or half of one. Here each write goes to a temporary file in the same
+    folder and then ``os.replace``; a fixed-name file is replaced in that one step, never deleted first.
+    Same arguments as ``CheckpointSaver``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is None:
+                continue
+            disk_saver = checkpoint.save_handler
+            disk_saver._atomic = True
+            if disk_saver.filename is not None:  # one fixed name: os.replace swaps it, nothing to delete
+                disk_saver.remove = _keep_file
+
+
+def _keep_file(filename: str) -> None:
+    """A save handler's ``remove`` for a fixed-name checkpoint: the atomic write replaces the file."""
+
+
+class ResumeCheckpoint:
+    """Write a resume checkpoint every epoch (atomically, rank 0) and, with ``resume``, restore it at start.
+
+    Attach it to the trainer after the ``ValidationHandler`` and ``LrScheduleHandler`` so that the epoch's
+    validation and LR step are in the checkpoint. A missing checkpoint with ``resume`` on starts from epoch 1
+    (so ``--resume`` also works for ensemble members that never started) and says so.
+
+    Args:
+        path: the checkpoint file (its folder is created).
+        save_dict: the objects to save besides the trainer, e.g. ``{"model": net, "optimizer": opt,
+            "lr_scheduler": sched}``; the trainer, its GradScaler (AMP) and best metric are added.
+        resume: restore the checkpoint when the trainer starts.
+        validator: the evaluator whose best metric (``state.best_metric``) is kept.
+        best_saver: the evaluator's key-metric ``CheckpointSaver`` whose ranking is kept.
+        map_location: where to load the tensors (the run's device).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        save_dict: Mapping[str, Any],
+        resume: bool = False,
+        validator: Engine | None = None,
+        best_saver: CheckpointSaver | None = None,
+        map_location: str | torch.device | None = None,
+    ) -> None:
+        if not isinstance(resume, bool):
+            raise ValueError(f"resume must be true or false, got {resume!r}")
+        self.path = Path(path)
+        self.save_dict = dict(save_dict)
+        self.resume = resume
+        self.validator = validator
+        self.best_saver = best_saver
+        self.map_location = map_location
+        self.saver = DiskSaver(self.path.parent, atomic=True, create_dir=True, require_empty=False)
+
+    def objects(self, trainer: Engine) -> dict[str, Any]:
+        """Everything the checkpoint holds, by name."""
+        objects = dict(self.save_dict)
+        objects["trainer"] = trainer
+        if hasattr(trainer.state, "best_metric"):  # MONAI engines; a plain ignite Engine has none
+            objects["trainer_best_metric"] = BestMetric(trainer)
+        if getattr(trainer, "scaler", None) is not None:
+            objects["scaler"] = trainer.scaler
+        if self.validator is not None:
+            objects["best_metric"] = BestMetric(self.validator)
+        if self.best_saver is not None:
+            objects["best_checkpoint"] = BestCheckpointRanking(self.best_saver)
+        return objects
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+        if not self.resume:
+            return
+        if _found_on_every_rank(self.path):
+            engine.add_event_handler(Events.STARTED, self.load)
+        else:
+            print(f"resume: no checkpoint at {self.path}; training starts at epoch 1")
+
+    def load(self, engine: Engine) -> None:
+        """Restore the checkpoint with MONAI's ``CheckpointLoader`` when the run starts (MONAI's trainer
+        makes its GradScaler in ``run()``, so the objects are gathered then)."""
+        loader = CheckpointLoader(
+            str(self.path), self.objects(engine), name=engine.logger.name, map_location=self.map_location
+        )
+        loader(engine)
+
+    def save(self, engine: Engine) -> None:
+        checkpoint = {name: _unwrapped(obj).state_dict() for name, obj in self.objects(engine).items()}
+        self.saver(checkpoint, self.path.name)
+
+
+def _found_on_every_rank(path: Path) -> bool:
+    """Whether ``path`` is a file, agreed by every rank of a distributed run: ranks that resumed and ranks
+    that started afresh would train different models, so a file only some ranks see stops the run."""
+    found = path.is_file()
+    if not dist.is_initialized():
+        return found
+    everywhere: list[bool | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(everywhere, found)
+    if any(everywhere) and not all(everywhere):
+        ranks = [rank for rank, seen in enumerate(everywhere) if seen]
+        raise RuntimeError(
+            f"{path}: the resume checkpoint is visible to ranks {ranks} only; "
+            "every rank needs the same ckpt_dir"
+        )
+    return found
+
+
+def distributed_device() -> torch.device:
+    """Join the ``torchrun`` process group (NCCL with CUDA, else Gloo) once; this rank's device.
+
+    The device is ``cuda:LOCAL_RANK`` (made current) with CUDA, else the CPU. Outside ``torchrun`` (no
+    ``LOCAL_RANK``) it stops with one line saying how to launch.
+    """
+    if "LOCAL_RANK" not in os.environ:
+        raise RuntimeError(
+            "multi_gpu_train.json runs under torchrun (LOCAL_RANK is not set): torchrun --nproc_per_node=N "
+            "-m monai.bundle run --config_file \"['configs/train.json','configs/multi_gpu_train.json']\""
+        )
+    local_rank = int(os.environ["LOCAL_RANK"])
+    cuda = torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if not cuda:
+        return torch.device("cpu")
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def rank_handlers(handlers: Sequence[Any] | None) -> list[Any]:
+    """The handlers this rank attaches: all on rank 0; on other ranks, all but those that only log or
+    write files (statistics, TensorBoard, checkpoints, metric reports, progress bars)."""
+    handlers = list(handlers or [])
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        return handlers
+    return [h for h in handlers if not isinstance(h, RANK_ZERO_HANDLERS)]
+
+
+def quiet_other_ranks(*engines: Engine) -> None:
+    """Leave the engines' INFO logs to rank 0 (other ranks still log warnings), as MONAI's model zoo does."""
+    if dist.is_initialized() and dist.get_rank() > 0:
+        for engine in engines:
+            engine.logger.setLevel(logging.WARNING)
