@@ -12,9 +12,13 @@ measured in the same run gives what the CPU reaches on the easiest kernel. Print
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
+import tempfile
 import time
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,6 +84,69 @@ def batch_scaling(batches: list[int], repeats: int) -> dict[str, float]:
     return rates
 
 
+def inference_paths(batch: int, repeats: int) -> dict[str, Any]:
+    """The bundle's U-Net forward on ``batch`` slices through each CPU inference path, as slices/s and
+    as a ratio to plain eager float32 (NCHW), timed interleaved (best of ``repeats``) so that a change of
+    load hits every path alike. Paths: channels-last weights (the bundles' inference default), bf16
+    autocast, TorchScript (traced and frozen: oneDNN conv + batch-norm folding), both, and ONNX Runtime
+    when it is installed (it is not a dependency). Each path's largest difference from eager is kept."""
+    torch.manual_seed(0)
+    eager = create_network("ronneberger_unet", **SETTINGS, norm="batch").eval()
+    x = torch.randn(batch, SETTINGS["in_channels"], *SLICE)
+    channels_last = copy.deepcopy(eager).to(memory_format=torch.channels_last)
+    paths: dict[str, Any] = {"eager_nchw": eager, "channels_last": channels_last}
+    results: dict[str, Any] = {}
+    with torch.inference_mode():
+        reference = eager(x)
+
+        def bf16(inputs: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return channels_last(inputs).float()
+
+        paths["channels_last_bf16"] = bf16
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings: the traced shapes are the ones timed
+            paths["torchscript_frozen"] = torch.jit.freeze(torch.jit.trace(copy.deepcopy(eager), x))
+            paths["torchscript_frozen_channels_last"] = torch.jit.freeze(torch.jit.trace(channels_last, x))
+    try:
+        paths["onnxruntime"] = onnxruntime_path(eager, x)
+    except ImportError as error:
+        results["onnxruntime"] = {"skipped": f"not installed ({error})"}
+    best = dict.fromkeys(paths, float("inf"))
+    with torch.inference_mode():
+        for name, path in paths.items():
+            results[name] = {"max_abs_difference": float((torch.as_tensor(path(x)) - reference).abs().max())}
+        for _ in range(repeats):
+            for name, path in paths.items():
+                start = time.perf_counter()
+                path(x)
+                best[name] = min(best[name], time.perf_counter() - start)
+    for name in paths:
+        results[name] |= {
+            "slices_per_s": batch / best[name],
+            "speedup_vs_eager": best["eager_nchw"] / best[name],
+        }
+    return results
+
+
+def onnxruntime_path(network: torch.nn.Module, x: torch.Tensor) -> Any:
+    """The network exported to ONNX and run by ONNX Runtime (CPU), as a callable on torch tensors."""
+    import onnxruntime
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "network.onnx"
+        torch.onnx.export(network, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(inputs: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"x": inputs.numpy()})[0])
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch 8, 1 repeat")
@@ -107,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["networks"] = networks
     batches = [1, 8, 64] if not args.smoke else [1, 2]
     result["ronneberger_slices_per_s_by_batch"] = batch_scaling(batches, max(args.repeats, 2))
+    result["inference_paths_batch_64"] = inference_paths(64 if not args.smoke else 2, max(args.repeats, 3))
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result = rounded(result)
     print(f"{'sgemm 1024 GFLOP/s':<32} {result['sgemm_gflops']:>9.4g}", file=sys.stderr)
@@ -114,6 +182,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"ronneberger_unet slices/s by batch: {result['ronneberger_slices_per_s_by_batch']}", file=sys.stderr
     )
+    for name, entry in result["inference_paths_batch_64"].items():
+        if "speedup_vs_eager" in entry:
+            print(
+                f"  path {name:<34} {entry['slices_per_s']:>8.4g} slices/s "
+                f"{entry['speedup_vs_eager']:>6.3g}x eager",
+                file=sys.stderr,
+            )
     for name, entry in result["networks"].items():
         if "error" in entry:
             print(f"{name:<32} {entry['error'][:60]}", file=sys.stderr)
