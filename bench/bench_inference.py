@@ -38,6 +38,7 @@ from machine import emit_json, machine_info, rounded
 from monai.engines.utils import IterationEvents
 
 from unet_monai.bundle import load_workflow, parse_override
+from unet_monai.inference import BFloat16Inferer
 from unet_monai.networks.axis_ensemble import AxisEnsemble
 from unet_monai.transforms.slices import stack_neighbour_slices
 
@@ -137,13 +138,17 @@ def run_bundle(
         "total_seconds": float(sum(per_volume)),
         "forward_calls": timer.calls,
         "members": list(network.members),
+        "bf16": isinstance(evaluator.inferer, BFloat16Inferer) and evaluator.inferer.enabled,
     }
 
 
-def bare_forward(members: list[torch.nn.Module], calls: list[tuple[int, tuple[int, ...]]]) -> float:
-    """Seconds for the members' forward on in-memory inputs of the recorded shapes (the floor)."""
+def bare_forward(
+    members: list[torch.nn.Module], calls: list[tuple[int, tuple[int, ...]]], bf16: bool = False
+) -> float:
+    """Seconds for the members' forward on in-memory inputs of the recorded shapes (the floor), in the
+    precision the bundle ran them (bfloat16 autocast when its ``BFloat16Inferer`` was enabled)."""
     inputs = [torch.randn(shape) for _, shape in calls]
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         members[calls[0][0]](inputs[0])  # warm-up
         start = time.perf_counter()
         for (index, _), x in zip(calls, inputs, strict=True):
@@ -200,12 +205,13 @@ def synthetic_ct(path: Path, shape: tuple[int, int, int]) -> None:
     nib.save(nib.Nifti1Image(data, np.diag([0.7, 0.7, 2.5, 1.0])), str(path))
 
 
-# What the baselines run without our settings: MONAI's default memory format (NCHW weights), batch 1,
-# constant blending (MONAI-default baseline); the naive loop uses NCHW copies of the members.
+# What the baselines run without our settings: MONAI's default memory format (NCHW weights), float32,
+# batch 1, constant blending (MONAI-default baseline); the naive loop uses NCHW float32 copies.
 MONAI_DEFAULTS: dict[str, Any] = {
     "network": "$unet_monai.networks.axis_ensemble(@network_def, @slice_axis).to(@device)",
     "inferer#sw_batch_size": 1,
     "inferer#mode": "constant",
+    "cpu_bf16": False,
 }
 
 
@@ -230,7 +236,7 @@ def bench_folder(
     shapes need none to speak of), compared with the bundle's time on those same volumes."""
     config = bundle_config(overrides)
     e2e = run_bundle(files, work / "bundle", overrides)
-    floor = bare_forward(e2e["members"], e2e["forward_calls"])
+    floor = bare_forward(e2e["members"], e2e["forward_calls"], e2e["bf16"])
     subset = files[:naive_volumes]
     naive = naive_infer(subset, work, nchw_copies(e2e["members"]), config)
     default = run_bundle(subset, work / "default", overrides | MONAI_DEFAULTS, False)
@@ -256,7 +262,7 @@ def bench_folder(
 def bench_ensemble(files: list[str], work: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """The whole bundle (three members, mirror TTA) end to end against its floor, no other baseline."""
     e2e = run_bundle(files, work / "ensemble", overrides)
-    floor = bare_forward(e2e["members"], e2e["forward_calls"])
+    floor = bare_forward(e2e["members"], e2e["forward_calls"], e2e["bf16"])
     return {
         "volumes": len(files),
         "volumes_per_s": len(files) / e2e["total_seconds"],
@@ -282,7 +288,7 @@ def bench_ct(
     synthetic_ct(path, (512, 512, depth))
     overrides = extra if full_bundle else AXIAL_ONLY | extra
     e2e = run_bundle([str(path)], work / "ct", overrides)
-    floor = bare_forward(e2e["members"], e2e["forward_calls"])
+    floor = bare_forward(e2e["members"], e2e["forward_calls"], e2e["bf16"])
     default_seconds = None
     if baselines:
         default_overrides = overrides | MONAI_DEFAULTS
