@@ -84,7 +84,7 @@ def batch_scaling(batches: list[int], repeats: int) -> dict[str, float]:
     return rates
 
 
-def inference_paths(batch: int, repeats: int) -> dict[str, Any]:
+def inference_paths(batch: int, repeats: int, compile_network: bool = False) -> dict[str, Any]:
     """The bundle's U-Net forward on ``batch`` slices through each CPU inference path, as slices/s and
     as a ratio to plain eager float32 (NCHW), timed interleaved (best of ``repeats``) so that a change of
     load hits every path alike. Paths: channels-last weights (the bundles' inference default), bf16
@@ -108,6 +108,18 @@ def inference_paths(batch: int, repeats: int) -> dict[str, Any]:
             warnings.simplefilter("ignore")  # tracer warnings: the traced shapes are the ones timed
             paths["torchscript_frozen"] = torch.jit.freeze(torch.jit.trace(copy.deepcopy(eager), x))
             paths["torchscript_frozen_channels_last"] = torch.jit.freeze(torch.jit.trace(channels_last, x))
+    if compile_network:  # inductor: a minute or more of compilation on this CPU, so only on request
+        compiled = torch.compile(channels_last, dynamic=False)
+
+        def compiled_bf16(inputs: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return compiled(inputs).float()
+
+        with torch.inference_mode():
+            start = time.perf_counter()
+            compiled_bf16(x)
+            results["torch_compile_channels_last_bf16"] = {"compile_seconds": time.perf_counter() - start}
+        paths["torch_compile_channels_last_bf16"] = compiled_bf16
     try:
         paths["onnxruntime"] = onnxruntime_path(eager, x)
     except ImportError as error:
@@ -115,7 +127,8 @@ def inference_paths(batch: int, repeats: int) -> dict[str, Any]:
     best = dict.fromkeys(paths, float("inf"))
     with torch.inference_mode():
         for name, path in paths.items():
-            results[name] = {"max_abs_difference": float((torch.as_tensor(path(x)) - reference).abs().max())}
+            difference = float((torch.as_tensor(path(x)) - reference).abs().max())
+            results.setdefault(name, {})["max_abs_difference"] = difference
         for _ in range(repeats):
             for name, path in paths.items():
                 start = time.perf_counter()
@@ -153,6 +166,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--smoke", action="store_true", help="two networks, batch 2 (tests only)")
     parser.add_argument("--batch", type=int, default=64, help="slices per timed forward")
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards per network (best kept)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also torch.compile (inductor) among the inference paths"
+    )
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args(argv)
     names = list_networks()
@@ -174,7 +190,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["networks"] = networks
     batches = [1, 8, 64] if not args.smoke else [1, 2]
     result["ronneberger_slices_per_s_by_batch"] = batch_scaling(batches, max(args.repeats, 2))
-    result["inference_paths_batch_64"] = inference_paths(64 if not args.smoke else 2, max(args.repeats, 3))
+    result["inference_paths_batch_64"] = inference_paths(
+        64 if not args.smoke else 2, max(args.repeats, 3), args.compile
+    )
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result = rounded(result)
     print(f"{'sgemm 1024 GFLOP/s':<32} {result['sgemm_gflops']:>9.4g}", file=sys.stderr)
