@@ -761,7 +761,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     recorder.measure(
                         ["inference", bundle, "ct_bundle", key],
                         infer(
-                            bundle, ct_files, 1, precision=default_precision, channels_last=False,
+                            bundle, ct_files, 1, precision=default_precision, channels_last=True,
                             stitch_device=stitch,
                         ),
                     )  # fmt: skip

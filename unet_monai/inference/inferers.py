@@ -71,16 +71,7 @@ class SliceEnsembleInferer(Inferer):
         self.overlap = overlap
         self.chunk_windows = chunk_windows if chunk_windows is not None else 4 * sw_batch_size
         self.inferers = [
-            SliceInferer(
-                roi_size=axis_roi_size,
-                spatial_dim=axis,
-                sw_batch_size=sw_batch_size,
-                overlap=overlap,
-                mode=mode,
-                progress=progress,
-                sw_device=sw_device,
-                device=device,
-            )
+            _window_inferer(axis_roi_size, axis, sw_batch_size, overlap, mode, progress, sw_device, device)
             for axis, axis_roi_size in zip(self.slice_axes, self.roi_sizes, strict=True)
         ]
 
@@ -243,7 +234,7 @@ def _window_inferer(
     progress: bool,
     sw_device: torch.device | str | None = None,
     device: torch.device | str | None = None,
-) -> SlidingWindowInferer:
+) -> SliceInferer | SlidingWindowInferer:
     """SliceInferer for 2D roi sizes with a slice axis, SlidingWindowInferer for 3D ones."""
     roi_size = list(roi_size)
     if slice_axis is None:
