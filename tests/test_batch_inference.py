@@ -303,14 +303,23 @@ def test_two_inputs_with_one_output_name_are_refused(
 
 
 def test_every_bundle_saves_atomically(tmp_path: Path) -> None:
-    """Every bundle's inference.json saves through AtomicSaveImaged (``python -m monai.bundle run`` too)."""
-    for config in sorted((REPO_ROOT / "bundles").glob("*/configs/inference.json")):
-        savers = [
-            t
-            for t in json.loads(config.read_text())["postprocessing"]["transforms"]
-            if "SaveImage" in t["_target_"]
-        ]
-        assert [s["_target_"] for s in savers] == ["unet_monai.transforms.AtomicSaveImaged"], config
+    """Every bundle's inference.json and evaluate.json save through AtomicSaveImaged (``python -m monai.bundle
+    run`` too)."""
+
+    def targets(node: object) -> list[str]:
+        if isinstance(node, dict):
+            found = [node["_target_"]] if isinstance(node.get("_target_"), str) else []
+            return found + [t for value in node.values() for t in targets(value)]
+        if isinstance(node, list):
+            return [t for value in node for t in targets(value)]
+        return []
+
+    configs = sorted((REPO_ROOT / "bundles").glob("*/configs/inference.json"))
+    configs += sorted((REPO_ROOT / "bundles").glob("*/configs/evaluate.json"))
+    assert len(configs) == 14
+    for config in configs:
+        savers = [t for t in targets(json.loads(config.read_text())) if "SaveImage" in t]
+        assert savers == ["unet_monai.transforms.AtomicSaveImaged"], config
     saver = AtomicSaveImage(output_dir=tmp_path, output_postfix="seg", separate_folder=False, print_log=False)
     assert saver.writers and all(w.__name__.startswith("Atomic") for w in saver.writers)
     from monai.data import MetaTensor
