@@ -337,3 +337,25 @@ def test_every_bundle_saves_atomically(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         AtomicSaveImage(output_dir=blocked, output_postfix="seg", separate_folder=False)(image)
     assert [p.name for p in blocked.iterdir()] == ["case_seg.nii.gz"]
+
+
+def test_atomic_nifti_writer_keeps_the_masks_dtype_values_and_affine(tmp_path: Path) -> None:
+    """Without resampling, the atomic NIfTI writer skips MONAI's float32 copy: the file is what MONAI's
+    own SaveImaged writes (values, dtype, affine), for a uint8 mask on an oblique, anisotropic grid."""
+    from monai.data import MetaTensor
+    from monai.transforms import SaveImaged
+
+    rng = np.random.default_rng(0)
+    affine = np.array([[0.0, 0.9, 0.1, 10.0], [1.2, 0.0, 0.0, -5.0], [0.0, -0.1, 2.5, 3.0], [0, 0, 0, 1]])
+    mask = MetaTensor(torch.from_numpy(rng.integers(0, 3, (1, 9, 8, 7)).astype(np.uint8)), affine=affine)
+    mask.meta["filename_or_obj"] = "case.nii.gz"
+    options = {"keys": "pred", "output_postfix": "seg", "output_dtype": np.uint8, "resample": False}
+    options |= {"separate_folder": False, "print_log": False}
+    AtomicSaveImaged(output_dir=tmp_path / "atomic", **options)({"pred": mask})
+    SaveImaged(output_dir=tmp_path / "monai", **options)({"pred": mask.clone()})
+    ours, theirs = (nib.load(tmp_path / kind / "case_seg.nii.gz") for kind in ("atomic", "monai"))
+    assert ours.get_data_dtype() == theirs.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))
+    np.testing.assert_array_equal(np.asarray(ours.dataobj), mask[0].numpy())
+    np.testing.assert_allclose(ours.affine, theirs.affine, atol=1e-6)
+    np.testing.assert_allclose(ours.affine, affine, atol=1e-6)

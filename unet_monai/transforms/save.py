@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monai.data.image_writer import ImageWriter
+from monai.data.image_writer import ImageWriter, NibabelWriter
 from monai.transforms import SaveImage, SaveImaged
 
 PARTIAL_PREFIX = ".partial-"
@@ -39,9 +39,28 @@ def stale_partials(final: Path) -> list[Path]:
     return [p for p in final.parent.glob(f"{PARTIAL_PREFIX}*") if pattern.fullmatch(p.name)]
 
 
+def _set_metadata_without_copy(
+    self: NibabelWriter, meta_dict: Any, resample: bool = True, **options: Any
+) -> None:
+    """``NibabelWriter.set_metadata``, minus the copy it makes when it does not resample.
+
+    MONAI's writer runs its resampler even with ``resample=False``, which returns a float32 copy of the
+    whole array (1x a float32 volume for a uint8 mask: the largest buffer left at the end of inference).
+    Without resampling the data and the affine are taken as they are, which is what that copy holds.
+    """
+    if resample:
+        NibabelWriter.set_metadata(self, meta_dict, resample=resample, **options)
+        return
+    _, affine, _ = self.get_meta_info(meta_dict)
+    if self.output_dtype is None and self.data_obj is not None and hasattr(self.data_obj, "dtype"):
+        self.output_dtype = self.data_obj.dtype
+    self.affine = affine
+
+
 @functools.cache
 def atomic_writer(writer: type[ImageWriter]) -> type[ImageWriter]:
-    """A subclass of a MONAI image writer whose ``write`` goes through a temporary file and ``os.replace``."""
+    """A subclass of a MONAI image writer whose ``write`` goes through a temporary file and ``os.replace``
+    (and, for NIfTI, which keeps the mask's dtype when it does not resample)."""
 
     def write(self: ImageWriter, filename: Any, *args: Any, **kwargs: Any) -> None:
         final = Path(os.path.expanduser(str(filename)))
@@ -52,7 +71,10 @@ def atomic_writer(writer: type[ImageWriter]) -> type[ImageWriter]:
         finally:
             temporary.unlink(missing_ok=True)
 
-    return type(f"Atomic{writer.__name__}", (writer,), {"write": write, "__doc__": atomic_writer.__doc__})
+    methods: dict[str, Any] = {"write": write, "__doc__": atomic_writer.__doc__}
+    if issubclass(writer, NibabelWriter):
+        methods["set_metadata"] = _set_metadata_without_copy
+    return type(f"Atomic{writer.__name__}", (writer,), methods)
 
 
 def _atomic_writers(writers: Sequence[type[ImageWriter]]) -> tuple[type[ImageWriter], ...]:
