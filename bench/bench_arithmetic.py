@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,21 @@ SETTINGS = {"spatial_dims": 2, "in_channels": 5, "out_channels": 3, "features": 
 SLICE = (48, 64)
 
 
-def sgemm_gflops(size: int, repeats: int) -> float:
-    """GFLOP/s of a ``size`` x ``size`` float32 matmul (best of ``repeats``)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
+def best_seconds(call: Callable[[], Any], repeats: int) -> float:
+    """The shortest of ``repeats`` timed calls, after one untimed warm-up call."""
+    call()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.mm(a, b)
+        call()
         best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+    return best
+
+
+def sgemm_gflops(size: int, repeats: int) -> float:
+    """GFLOP/s of a ``size`` x ``size`` float32 matmul (best of ``repeats``)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size**3 / best_seconds(lambda: torch.mm(a, b), repeats) / 1e9
 
 
 def network_arithmetic(name: str, batch: int, repeats: int) -> dict[str, Any]:
@@ -52,12 +58,7 @@ def network_arithmetic(name: str, batch: int, repeats: int) -> dict[str, Any]:
         with FlopCounterMode(display=False) as counter:
             net(x[:1])
         flops = counter.get_total_flops()
-        net(x)
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            net(x)
-            best = min(best, time.perf_counter() - start)
+        best = best_seconds(lambda: net(x), repeats)
     return {
         "gflop_per_slice": flops / 1e9,
         "parameters_m": sum(p.numel() for p in net.parameters()) / 1e6,
@@ -74,13 +75,7 @@ def batch_scaling(batches: list[int], repeats: int) -> dict[str, float]:
     with torch.inference_mode():
         for batch in batches:
             x = torch.randn(batch, SETTINGS["in_channels"], *SLICE)
-            net(x)
-            best = float("inf")
-            for _ in range(repeats):
-                start = time.perf_counter()
-                net(x)
-                best = min(best, time.perf_counter() - start)
-            rates[str(batch)] = batch / best
+            rates[str(batch)] = batch / best_seconds(lambda x=x: net(x), repeats)
     return rates
 
 

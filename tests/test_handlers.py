@@ -8,7 +8,7 @@ from ignite.engine import Engine, Events
 from monai.data import DataLoader, Dataset, MetaTensor, get_track_meta
 from monai.transforms import Compose, EnsureChannelFirstd, Lambdad, RandSpatialCropd
 
-from unet_monai.handlers import PlainTensorBatches
+from unet_monai.handlers import PlainTensorBatches, untracked_worker_init
 
 
 def _loader(num_items: int = 5, batch_size: int = 2) -> DataLoader:
@@ -58,4 +58,26 @@ def test_tracking_is_restored_when_loading_fails() -> None:
     PlainTensorBatches().attach(trainer)
     with pytest.raises(RuntimeError, match="applying transform"):
         trainer.run(loader, max_epochs=1)
+    assert get_track_meta()
+
+
+def test_untracked_worker_init_turns_metadata_off_in_workers_and_seeds_them_apart() -> None:
+    """In DataLoader workers (the training loader on CUDA) samples come out as plain tensors, each
+    worker's random transforms are seeded apart (MONAI's seeding), and the main process keeps tracking."""
+    chain = Compose(
+        [
+            EnsureChannelFirstd(keys="image", channel_dim="no_channel"),
+            RandSpatialCropd(keys="image", roi_size=(4, 4), random_size=False),
+            Lambdad(keys="image", func=lambda image: (image, get_track_meta())),
+        ]
+    )
+    data = [{"image": MetaTensor(np.arange(4096.0).reshape(64, 64))} for _ in range(8)]
+    loader = DataLoader(
+        Dataset(data, chain), batch_size=1, num_workers=2, worker_init_fn=untracked_worker_init
+    )
+    batches = list(loader)
+    assert all(not bool(batch["image"][1]) for batch in batches)  # tracking off inside the workers
+    crops = [batch["image"][0].flatten().tolist() for batch in batches]
+    # items 2k and 2k + 1 go to workers 0 and 1: seeded alike, every such pair would be the same crop
+    assert any(crops[2 * k] != crops[2 * k + 1] for k in range(4))
     assert get_track_meta()

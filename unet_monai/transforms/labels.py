@@ -4,8 +4,8 @@
 int64 indices: a transient buffer twice the size of a float32 volume, more than anything else left in
 whole-volume inference once the probabilities are summed in place. ``ArgmaxLabelsd`` writes the argmax
 of one slab of slices at a time into a uint8 map, so the extra memory is a quarter of a float32 volume.
-It takes ``torch.max(dim=0).indices``, which on this CPU is 10x faster than ``torch.argmax(dim=0)`` (4.3 ms
-against 0.3 ms for a 3-class hippocampus volume): that was the largest fixed cost per volume.
+It takes ``torch.max(dim=0).indices`` (the same indices), which on the project's CPU ran 10x faster than
+``torch.argmax(dim=0)`` over the channels of a hippocampus volume (BENCHMARKS.md, part 2, step 5).
 """
 
 from __future__ import annotations
