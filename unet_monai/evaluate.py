@@ -10,8 +10,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from monai.transforms import LoadImage
 
 from unet_monai import report
 from unet_monai.data.datalists import IMAGE_SUFFIXES, NIFTI_SUFFIXES, case_name
+from unet_monai.io import write_text
 from unet_monai.metrics import METRICS, case_metrics
 
 # Accepted prediction names for a case: "<case>", "<case>_seg" (MONAI SaveImage's default) or "<case>_pred".
@@ -168,16 +167,9 @@ def _nan_to_none(value: object) -> object:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file in the same folder, then rename it over ``path``."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp_name, 0o644)  # mkstemp makes owner-only files; reports are for everyone to read
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """Write ``text`` atomically (``unet_monai.io``: temporary file, fsync, checked, mode 0644, rename); a
+    full disk raises ``OutputError`` naming ``path`` and leaves no file."""
+    write_text(path, text)
 
 
 def _max_label(pairs: list[tuple[str, Path, Path]], binary: bool) -> int:
