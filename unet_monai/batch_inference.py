@@ -189,8 +189,13 @@ def report_name(rank: int, world_size: int) -> str:
 
 
 def shard_from(text: str | None, environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
-    """``(rank, world_size)`` from ``--shard I/N``, else torchrun's ``RANK`` / ``WORLD_SIZE``, else (0, 1)."""
-    env_world = int(environ.get("WORLD_SIZE", "1"))
+    """``(rank, world_size)`` from ``--shard I/N``, else torchrun's ``RANK`` / ``WORLD_SIZE``, else (0, 1).
+
+    The torchrun variables are checked (``unet_monai.training.rank_from_environment``): a rank outside
+    ``0 .. WORLD_SIZE-1``, or a value that is not an integer, is a ``ValueError`` naming the variable."""
+    from unet_monai.training import rank_from_environment
+
+    env_rank, env_world, _ = rank_from_environment(environ)
     if text is not None:
         if env_world > 1:
             raise ValueError(
@@ -200,7 +205,7 @@ def shard_from(text: str | None, environ: Mapping[str, str] = os.environ) -> tup
         if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
             raise ValueError(f"--shard {text}: expected I/N with 0 <= I < N, e.g. --shard 0/2")
         return int(index), int(count)
-    return int(environ.get("RANK", "0")), env_world
+    return env_rank, env_world
 
 
 def item_source(item: Any) -> str:
@@ -236,6 +241,8 @@ def run_batch_inference(
         shard: ``(rank, world_size)``.
     """
     rank, world_size = shard
+    if not 0 <= rank < world_size:
+        raise ValueError(f"shard {rank}/{world_size}: expected 0 <= rank < world size")
     output = Path(output_dir).resolve()
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -246,9 +253,11 @@ def run_batch_inference(
     if not os.access(output, os.W_OK):
         raise ValueError(f"{output}: output folder is not writable")
     overrides = {**(overrides or {}), "output_dir": str(output)}
-    local_rank = os.environ.get("LOCAL_RANK")
-    if world_size > 1 and local_rank is not None and torch.cuda.is_available() and "device" not in overrides:
-        overrides["device"] = f"$torch.device('cuda:{int(local_rank) % torch.cuda.device_count()}')"
+    from unet_monai.training import rank_from_environment
+
+    local_rank = rank_from_environment()[2] if world_size > 1 else None
+    if local_rank is not None and torch.cuda.is_available() and "device" not in overrides:
+        overrides["device"] = f"$torch.device('cuda:{local_rank % torch.cuda.device_count()}')"
 
     parser = load_workflow(bundle, "inference", **overrides, datalist=list(files)).parser
     items = list(parser.get_parsed_content("dataset#data"))

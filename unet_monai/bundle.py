@@ -6,12 +6,17 @@ with MONAI's own command, with ``bundle_root`` set to the bundle's folder wherev
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import logging
+import pydoc
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigComponent, ConfigParser, ConfigWorkflow
+from monai.bundle.utils import ID_SEP_KEY
 
 from unet_monai.data.checks import check_datalist, check_positive_int, check_writable_folder
 
@@ -49,19 +54,117 @@ def warn_untrusted(bundle_dir: Path) -> None:
     )
 
 
+class OverrideError(ValueError, KeyError):
+    """An override naming no config id, or of the wrong kind: ``<id>: <problem>`` (one line)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def config_files(bundle_dir: str | Path, name: str) -> list[str]:
-    """The config files for a workflow: ``evaluate`` is layered on ``train`` as in MONAI's model zoo."""
+    """The config files for a workflow: ``evaluate`` is layered on ``train`` as in MONAI's model zoo.
+
+    A folder without ``configs/`` is no bundle (``FileNotFoundError``, one line); a config that is not
+    valid JSON is a ``ValueError`` naming the file, line and column."""
     configs = Path(bundle_dir) / "configs"
     names = ["train", "evaluate"] if name == "evaluate" else [name]
     files = [configs / f"{n}.json" for n in names]
+    if not configs.is_dir():
+        raise FileNotFoundError(f"{bundle_dir}: no such bundle (no configs/{files[-1].name})")
     for file in files:
         if not file.is_file():
             raise FileNotFoundError(f"{file}: bundle {bundle_dir} has no {file.name}")
+        try:
+            json.loads(file.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{file}: malformed JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+            ) from None
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{file}: not a text file ({error.reason})") from None
     return [str(f) for f in files]
+
+
+_SPECIAL_KEYS = ("_target_", "_disabled_", "_requires_", "_desc_", "_mode_")
+
+
+def _accepts_keyword(component: Any, name: str) -> bool:
+    """Whether a new key ``name`` in a config component (a dict with ``_target_``) is an argument its
+    target takes. Unknown targets (expressions, failed imports) are given the benefit of the doubt:
+    instantiating them reports a wrong argument itself."""
+    if not isinstance(component, dict) or "_target_" not in component:
+        return False
+    if name in _SPECIAL_KEYS:
+        return True
+    try:
+        target = pydoc.locate(ConfigComponent(config=component).resolve_module_name())
+        parameters = inspect.signature(target).parameters.values()  # type: ignore[arg-type]
+    except Exception:
+        return True
+    return any(p.kind is p.VAR_KEYWORD for p in parameters) or any(p.name == name for p in parameters)
+
+
+def _children(parser: ConfigParser, parent: list[str]) -> list[str]:
+    """The ids one level below ``parent`` (top-level ids for ``[]``), ``#``-separated."""
+    container = parser.get(ID_SEP_KEY.join(parent)) if parent else parser.get()
+    keys: list[str] = []
+    if isinstance(container, dict):
+        keys = [str(k) for k in container if k not in _SPECIAL_KEYS]
+    elif isinstance(container, list):
+        keys = [str(i) for i in range(len(container))]
+    return ["#".join([*parent, k]) for k in keys]
+
+
+def check_override(parser: ConfigParser, key: str, value: Any, source: str) -> None:
+    """An override must name an existing config id, checked along its path (``a#b#c``: ``a``, ``a#b``,
+    then ``a#b#c``); the one exception is a new argument of a component (``network_def#dropout``) that
+    its ``_target_`` takes. A number in the config takes a number (or a ``$``/``@`` expression).
+
+    Raises:
+        OverrideError: naming the key and the closest existing ids (difflib).
+    """
+    parts = key.replace(ID_SEP_KEY, "#").split("#")
+    for depth in range(1, len(parts) + 1):
+        prefix = parts[:depth]
+        if ID_SEP_KEY.join(prefix) in parser:
+            continue
+        parent = prefix[:-1]
+        if (
+            depth == len(parts)
+            and parent
+            and _accepts_keyword(parser.get(ID_SEP_KEY.join(parent)), parts[-1])
+        ):
+            return
+        candidates = _children(parser, parent)
+        close = difflib.get_close_matches("#".join(prefix), candidates, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"{len(candidates)} ids there"
+        if not close and candidates:
+            hint = f"existing ids there: {', '.join(sorted(candidates)[:8])}" + (
+                ", ..." if len(candidates) > 8 else ""
+            )
+        raise OverrideError(f"{key}: no such config id in {source}; {hint}")
+    current = parser.get(ID_SEP_KEY.join(parts))
+    number = isinstance(current, (int, float)) and not isinstance(current, bool)
+    expression = isinstance(value, str) and value.startswith(("$", "@", "%"))
+    if number and not expression and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise OverrideError(f"{key}: expected a number (the config has {current!r}), got {value!r}")
+
+
+def check_overrides(bundle_dir: str | Path, name: str, overrides: Mapping[str, Any]) -> None:
+    """``check_override`` for every override of a workflow's configs (see ``load_workflow``)."""
+    files = config_files(bundle_dir, name)
+    parser = ConfigParser()
+    parser.read_config(files)
+    source = f"{Path(bundle_dir).name} ({', '.join('configs/' + Path(f).name for f in files)})"
+    for key, value in overrides.items():
+        check_override(parser, key, value, source)
 
 
 def load_workflow(bundle_dir: str | Path, name: str, **overrides: Any) -> ConfigWorkflow:
     """Parse a bundle workflow with overrides (``"train#trainer#max_epochs": 2``, ``dataset_dir`` ...).
+
+    Every override must name a config id of the workflow's configs (``check_overrides``): a typo is an
+    ``OverrideError`` naming it and the closest ids, not a value silently ignored.
 
     Args:
         bundle_dir: the bundle folder (holding ``configs/``).
@@ -73,6 +176,7 @@ def load_workflow(bundle_dir: str | Path, name: str, **overrides: Any) -> Config
     bundle_dir = Path(bundle_dir).resolve()
     warn_untrusted(bundle_dir)
     overrides.setdefault("bundle_root", str(bundle_dir))
+    check_overrides(bundle_dir, name, overrides)
     workflow = ConfigWorkflow(
         config_file=config_files(bundle_dir, name),
         meta_file=str(bundle_dir / "configs" / "metadata.json"),

@@ -4,17 +4,62 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from unet_monai.data.datalists import IMAGE_SUFFIXES
 
+DEBUG_ENV = "UNET_MONAI_DEBUG"  # set (not 0) to show the traceback of an error instead of one line
+# Config ids ``infer`` sets itself from its options: a --set of them would be overridden or clash.
+INFER_OWN_IDS = ("datalist", "dataset#data", "output_dir")
+
+
+class CommandError(SystemExit):
+    """A command that cannot start: ``main`` has printed its one ``error: ...`` line; exit code 2.
+
+    A ``SystemExit`` whose ``str`` is the message, like the ``SystemExit("error: ...")`` it replaces."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
 
 def _overrides(args: argparse.Namespace) -> dict:
-    """The ``--set key=value`` overrides as a dict."""
+    """The ``--set key=value`` overrides as a dict, with those ``infer --checkpoint`` adds
+    (``checkpoint_overrides``: ``ckpt_path`` and, for an ensemble, ``member_checkpoints``)."""
     from unet_monai.bundle import parse_override
 
-    return dict(parse_override(text) for text in args.set)
+    return dict(parse_override(text) for text in args.set) | getattr(args, "checkpoint_overrides", {})
+
+
+def _check_bundle(bundle: str, name: str) -> None:
+    """A bundle folder with ``configs/<name>.json``, else one line: ``<bundle>: no such bundle``."""
+    if not (Path(bundle) / "configs" / f"{name}.json").is_file():
+        raise SystemExit(f"error: {bundle}: no such bundle (no configs/{name}.json)")
+
+
+def _check_input(path: Path) -> None:
+    """The input exists; a dangling or looping symbolic link says so."""
+    if path.is_symlink() and not path.exists():
+        raise SystemExit(f"error: {path}: broken symbolic link or symbolic link loop")
+    if not path.exists():
+        raise SystemExit(f"error: {path}: no such file or folder")
+
+
+def _check_output_outside_input(source: Path, output: Path) -> None:
+    """A folder input's masks must not land in it: the next run would segment the masks (``*_seg_seg``)."""
+    if not source.is_dir():
+        return
+    folder, target = Path(os.path.realpath(source)), Path(os.path.realpath(output))
+    if target == folder or folder in target.parents:
+        raise SystemExit(
+            f"error: {output}: output folder equal to or inside the input folder {source}; the next run "
+            "would read its masks as images to segment: choose an --output outside it"
+        )
 
 
 def _image_files(path: Path) -> list[str]:
@@ -28,11 +73,14 @@ def _image_files(path: Path) -> list[str]:
         return [str(path.resolve())]
     if path.is_dir():
         # hidden files are skipped: e.g. the .partial-* files of an interrupted atomic write
-        files = sorted(
-            str(p.resolve())
+        names = sorted(
+            p
             for p in path.iterdir()
             if p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith(".")
         )
+        for name in names:
+            _check_input(name)  # a dangling or looping link: one line, before anything runs
+        files = sorted(str(p.resolve()) for p in names)
         if not files:
             raise SystemExit(f"error: {path}: folder holds no image files ({suffixes})")
         return files
@@ -43,6 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train the bundle; a bundle with ``members`` (an ensemble) trains each member in turn."""
     from unet_monai.bundle import load_workflow, run_workflow
 
+    _check_bundle(args.bundle, "train")
     overrides = _overrides(args)
     if args.data is not None:
         overrides["dataset_dir"] = str(Path(args.data).resolve())
@@ -106,25 +155,86 @@ def cmd_infer_dicom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_paths(args: argparse.Namespace) -> list[Path]:
+    """The ``--checkpoint`` files (repeated, and / or comma lists), in order; [] when none was given."""
+    values = getattr(args, "checkpoints", None) or []
+    return [Path(part.strip()).resolve() for value in values for part in value.split(",") if part.strip()]
+
+
+def _check_checkpoints(args: argparse.Namespace, overrides: dict) -> dict:
+    """Read the weights inference will load before anything runs, and return the overrides that name them.
+
+    Only the files given are used: for an ensemble bundle (``member_checkpoints`` in its config) the
+    ``--checkpoint`` files are its members in order, or one file holding the whole ensemble; without
+    ``--checkpoint`` the bundle's own ``models/model.pt`` (and ``model_member<k>.pt``). Each file is
+    loaded (``weights_only``) into the network the config builds, so a damaged file, a refused pickle or
+    another network's weights stop here with one line naming the file and what differs.
+    """
+    from unet_monai.bundle import load_workflow
+    from unet_monai.checkpoints import CheckpointError, load_weights
+    from unet_monai.networks.axis_ensemble import AxisEnsemble, check_member_count, load_member_checkpoints
+
+    paths = _checkpoint_paths(args)
+    chosen = paths or [Path(overrides.get("ckpt_path", Path(args.bundle) / "models" / "model.pt"))]
+    for path in chosen:
+        if not path.is_file():
+            raise SystemExit(
+                f"error: {path}: no trained weights; run `unet-monai train --bundle {args.bundle}`"
+            )
+    added = {"ckpt_path": str(chosen[0])} if paths else {}
+    parser = load_workflow(args.bundle, "inference", **(overrides | added)).parser
+    if "member_checkpoints" in parser:
+        network = parser.get_parsed_content("network")
+        if isinstance(network, AxisEnsemble):
+            if paths:
+                check_member_count(network, paths, "--checkpoint")
+                added["member_checkpoints"] = [str(p) for p in paths]
+            load_member_checkpoints(network, paths or parser.get_parsed_content("member_checkpoints"))
+            return added
+    if len(paths) > 1:
+        raise CheckpointError(
+            f"--checkpoint: {len(paths)} checkpoints given; bundle {args.bundle} has one network (no "
+            "ensemble members): give one"
+        )
+    if "network_def" in parser:
+        load_weights(parser.get_parsed_content("network_def"), chosen[0])
+    return added
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
-    """Segment image files: bad cases reported and skipped (exit 1), outputs atomic, resumable, sharded."""
+    """Segment image files: bad cases reported and skipped (exit 1), outputs atomic, resumable, sharded.
+
+    Before anything is read or written: the bundle, the input, the output folder (not inside a folder
+    input), the rank / shard, the overrides and the checkpoints are checked, each fault one line."""
     from unet_monai.batch_inference import run_batch_inference, shard_from
 
+    _check_bundle(args.bundle, "inference")
+    source = Path(args.input)
+    _check_input(source)
+    _check_output_outside_input(source, Path(args.output))
+    shard = shard_from(args.shard)
+    user = _overrides(args)
+    own = [key for key in INFER_OWN_IDS if key in user]
+    if own:
+        raise SystemExit(
+            f"error: {own[0]}: set by infer itself (the files come from --input, the folder from --output); "
+            "remove --set " + own[0]
+        )
+    overrides = {"dataset_dir": str(source.resolve())} | user
+    args.checkpoint_overrides = _check_checkpoints(args, overrides)
+    args.checkpoint = args.checkpoint_overrides.get("ckpt_path")  # cmd_infer_dicom's single path
     if _dicom_input(args):
         return cmd_infer_dicom(args)
     if args.format in ("seg", "both"):
         raise SystemExit(f"error: {args.input}: --format {args.format} needs a folder of DICOM images")
-    files = _image_files(Path(args.input))
-    overrides = {"dataset_dir": str(Path(args.input).resolve())} | _overrides(args)
-    if args.checkpoint is not None:
-        overrides["ckpt_path"] = str(Path(args.checkpoint).resolve())
-    checkpoint = Path(overrides.get("ckpt_path", Path(args.bundle) / "models" / "model.pt"))
-    if not checkpoint.is_file():
-        raise SystemExit(
-            f"error: {checkpoint}: no trained weights; run `unet-monai train --bundle {args.bundle}`"
-        )
+    files = _image_files(source)
     report = run_batch_inference(
-        args.bundle, files, args.output, overrides, resume=args.resume, shard=shard_from(args.shard)
+        args.bundle,
+        files,
+        args.output,
+        overrides | args.checkpoint_overrides,
+        resume=args.resume,
+        shard=shard,
     )
     print(f"{report.summary()} (masks in {Path(args.output).resolve()}; report {report.report_path})")
     return report.exit_code
@@ -257,7 +367,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="an image file (.nii, .nii.gz, .dcm, .png, .tif), a folder of them, or a DICOM series folder",
     )
     infer.add_argument("--output", required=True, help="folder for the masks")
-    infer.add_argument("--checkpoint", help="weights to use (default BUNDLE/models/model.pt)")
+    infer.add_argument(
+        "--checkpoint",
+        dest="checkpoints",
+        action="append",
+        metavar="FILE[,FILE...]",
+        help="weights to use (default BUNDLE/models/model.pt, and model_member<K>.pt for an ensemble). Only "
+        "the files named are loaded: for an ensemble bundle give every member's checkpoint in member order "
+        "(repeat --checkpoint, or a comma list), or one file holding the whole ensemble",
+    )
     infer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     infer.add_argument(
         "--format",
@@ -343,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
         "networks", help="list the registered networks", description="List the network registry's names."
     )
     networks.set_defaults(func=cmd_networks)
+    debug_help = (
+        f"show the full traceback of an error instead of one line (also: environment variable {DEBUG_ENV}=1)"
+    )
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    for command in commands.choices.values():  # also accepted after the command
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 
@@ -364,18 +488,78 @@ def _one_line(error: BaseException) -> str:
     return lines[0].strip() if lines else type(error).__name__
 
 
+def _config_id(error: BaseException) -> str | None:
+    """The id of the innermost bundle config item (expression or component) that was being evaluated
+    when ``error`` was raised, from the frames of its chain (MONAI's messages do not name it)."""
+    from monai.bundle import ConfigItem
+    from monai.bundle.utils import ID_SEP_KEY
+
+    found: str | None = None
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        trace = current.__traceback__
+        while trace is not None:
+            item = trace.tb_frame.f_locals.get("self")
+            if isinstance(item, ConfigItem) and item.get_id():
+                found = item.get_id().replace(ID_SEP_KEY, "#")
+            trace = trace.tb_next
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    text = str(error)
+    return isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    )
+
+
+def user_error(error: BaseException) -> str | None:
+    """One line for an error the user can act on, None for what looks like a bug (shown as a traceback).
+
+    User errors: bad input or settings (``ValueError``, including ``BadInputError``, ``CheckpointError``
+    and ``OverrideError``), file-system errors (``OSError``), running out of memory (with the size asked
+    for, when the error says it), and a bundle config item that fails to evaluate (named by its id)."""
+    cause = _root_cause(error)
+    if _is_out_of_memory(cause):
+        detail = _one_line(cause) if str(cause).strip() else "no size reported"
+        return (
+            f"out of memory ({type(cause).__name__}: {detail}); try a smaller batch or ROI, fewer "
+            "processes, or a machine with more memory"
+        )
+    if isinstance(cause, (OSError, ValueError)):
+        return _one_line(cause)
+    key = _config_id(error)
+    if key is not None and key.split("#")[0] not in ("run", "initialize", "finalize"):
+        return f"{key}: config value fails to evaluate ({type(cause).__name__}: {_one_line(cause)})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; bad input (a ValueError or an OS error such as a missing file or an unwritable
-    folder, however deep MONAI wrapped it) is printed as one ``error: ...`` line with exit code 2."""
+    """Run a command; every error a user can act on is one ``error: ...`` line on stderr with exit code 2.
+
+    Bad input or settings (a ValueError or an OS error such as a missing file or an unwritable folder,
+    however deep MONAI wrapped it), a config value that fails to evaluate, running out of memory: one line
+    and 2 (batch inference returns 1 when some cases failed). A command that cannot start raises
+    ``CommandError`` (a ``SystemExit`` with code 2) after printing its line. Anything else is a bug and
+    keeps its traceback; ``--debug`` (or ``UNET_MONAI_DEBUG=1``) shows the traceback of every error."""
     args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return args.func(args)
+    except SystemExit as exit_:
+        if not isinstance(exit_.code, str) or isinstance(exit_, CommandError):
+            raise
+        print(exit_.code, file=sys.stderr)
+        raise CommandError(exit_.code) from None
     except Exception as error:
-        cause = _root_cause(error)
-        if isinstance(cause, (OSError, ValueError)):
-            print(f"error: {_one_line(cause)}", file=sys.stderr)
-            return 2
-        raise
+        line = None if debug else user_error(error)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -206,19 +206,62 @@ def _found_on_every_rank(path: Path) -> bool:
     return found
 
 
+def _environment_int(environ: Mapping[str, str], name: str, minimum: int) -> int | None:
+    """An integer torchrun variable (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` ...), None when unset."""
+    text = environ.get(name)
+    if text is None:
+        return None
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: not an integer (torchrun sets it; unset it or fix it)") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value}: must be at least {minimum}")
+    return value
+
+
+def rank_from_environment(environ: Mapping[str, str] = os.environ) -> tuple[int, int, int | None]:
+    """``(rank, world_size, local_rank)`` from torchrun's ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``
+    (defaults 0, 1, None), checked: integers, ``0 <= RANK < WORLD_SIZE``, ``0 <= LOCAL_RANK`` (and below
+    ``LOCAL_WORLD_SIZE`` when set). A rank outside the world would overlap another rank's share: a
+    ``ValueError`` naming the variable."""
+    world_size = _environment_int(environ, "WORLD_SIZE", 1)
+    world_size = 1 if world_size is None else world_size
+    rank = _environment_int(environ, "RANK", 0)
+    rank = 0 if rank is None else rank
+    if rank >= world_size:
+        raise ValueError(
+            f"RANK={rank}: outside 0 .. {world_size - 1} (WORLD_SIZE={world_size}); it would repeat another "
+            "rank's share"
+        )
+    local_rank = _environment_int(environ, "LOCAL_RANK", 0)
+    local_world = _environment_int(environ, "LOCAL_WORLD_SIZE", 1)
+    if local_rank is not None and local_world is not None and local_rank >= local_world:
+        raise ValueError(
+            f"LOCAL_RANK={local_rank}: outside 0 .. {local_world - 1} (LOCAL_WORLD_SIZE={local_world})"
+        )
+    return rank, world_size, local_rank
+
+
 def distributed_device() -> torch.device:
     """Join the ``torchrun`` process group (NCCL with CUDA, else Gloo) once; this rank's device.
 
     The device is ``cuda:LOCAL_RANK`` (made current) with CUDA, else the CPU. Outside ``torchrun`` (no
-    ``LOCAL_RANK``) it stops with one line saying how to launch.
+    ``LOCAL_RANK``) it stops with one line saying how to launch; ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``
+    that are not integers, or out of range, stop with one line naming the variable
+    (``rank_from_environment``).
     """
     if "LOCAL_RANK" not in os.environ:
         raise RuntimeError(
             "multi_gpu_train.json runs under torchrun (LOCAL_RANK is not set): torchrun --nproc_per_node=N "
             "-m monai.bundle run --config_file \"['configs/train.json','configs/multi_gpu_train.json']\""
         )
-    local_rank = int(os.environ["LOCAL_RANK"])
+    local_rank = rank_from_environment()[2] or 0  # set: checked above
     cuda = torch.cuda.is_available()
+    if cuda and local_rank >= torch.cuda.device_count():
+        raise ValueError(
+            f"LOCAL_RANK={local_rank}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     if not cuda:

@@ -16,7 +16,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-__all__ = ["AxisEnsemble", "axis_ensemble", "load_member_checkpoints", "member_checkpoints"]
+from unet_monai.checkpoints import CheckpointError, check_fits, load_weights, read_state_dict
+
+__all__ = [
+    "AxisEnsemble",
+    "axis_ensemble",
+    "check_member_count",
+    "load_member_checkpoints",
+    "member_checkpoints",
+]
 
 
 class AxisEnsemble(nn.Module):
@@ -50,25 +58,74 @@ def axis_ensemble(network: nn.Module, slice_axes: Sequence[int]) -> AxisEnsemble
 
 
 def member_checkpoints(first_checkpoint: str | Path, num_members: int) -> list[Path]:
-    """Member checkpoints: member 0 is ``first_checkpoint`` (``model.pt``), member ``k`` is
-    ``model_member<k>.pt`` beside it, as the bundle's ``train.json`` writes them (``--member k``)."""
+    """Member checkpoints: member 0 is ``first_checkpoint``, member ``k`` is ``<its stem>_member<k>.pt``
+    beside it (``model.pt``, ``model_member1.pt``, ... as the bundle's ``train.json`` writes them with
+    ``--member k``). Named after the first file, so that ``my_run.pt`` never picks up the
+    ``model_member1.pt`` of another run in the same folder."""
     first = Path(first_checkpoint)
-    return [first] + [first.with_name(f"model_member{k}.pt") for k in range(1, num_members)]
+    return [first] + [first.with_name(f"{first.stem}_member{k}.pt") for k in range(1, num_members)]
+
+
+def _members_text(ensemble: AxisEnsemble, indices: Sequence[int]) -> str:
+    """``member 2 (slice axis 1)`` / ``members 1, 2 (slice axes 0, 1)``."""
+    axes = ", ".join(str(ensemble.slice_axes[k]) for k in indices)
+    if len(indices) == 1:
+        return f"member {indices[0]} (slice axis {axes})"
+    return f"members {', '.join(str(k) for k in indices)} (slice axes {axes})"
+
+
+def check_member_count(ensemble: AxisEnsemble, checkpoints: Sequence[str | Path], source: str) -> None:
+    """One checkpoint per member, or one file for the whole ensemble; else a ``CheckpointError`` naming
+    ``source`` (where the list came from) and the members that have none."""
+    count, members = len(checkpoints), len(ensemble.members)
+    if count == members or count == 1:
+        return
+    axes = ", ".join(str(axis) for axis in ensemble.slice_axes)
+    missing = list(range(count, members))
+    problem = (
+        f"{_members_text(ensemble, missing)} {'is' if len(missing) == 1 else 'are'} missing"
+        if missing
+        else f"{count - members} too many"
+    )
+    raise CheckpointError(
+        f"{source}: {count} checkpoint(s) for an ensemble of {members} members (slice axes {axes}): "
+        f"{problem}; give one checkpoint per member, in member order, or one file holding the whole ensemble"
+    )
 
 
 def load_member_checkpoints(ensemble: AxisEnsemble, checkpoints: Sequence[str | Path]) -> None:
-    """Load member ``k`` of ``ensemble`` from ``checkpoints[k]`` (plain state_dicts, ``weights_only``).
+    """Load member ``k`` of ``ensemble`` from ``checkpoints[k]`` (plain state_dicts, ``weights_only``), or
+    the whole ensemble from one file that holds it (an ``AxisEnsemble`` state_dict: ``members.<k>.*``).
+
+    Only the files given are read: one file of a single network for an ensemble of several members is
+    refused, naming the members it lacks (their checkpoints must be named too).
 
     Raises:
         FileNotFoundError: naming the missing member checkpoint and how to train it.
+        CheckpointError: a file that is not a network's weights or does not fit, or a wrong count.
     """
-    if len(checkpoints) != len(ensemble.members):
-        raise ValueError(f"{len(checkpoints)} checkpoints for {len(ensemble.members)} ensemble members")
-    for k, (member, path) in enumerate(zip(ensemble.members, checkpoints, strict=True)):
+    check_member_count(ensemble, checkpoints, "member_checkpoints")
+    for k, path in enumerate(checkpoints):
         if not Path(path).is_file():
             raise FileNotFoundError(
                 f"{path}: checkpoint of ensemble member {k} (slice axis {ensemble.slice_axes[k]}) not found; "
                 f"train it with `--member {k}` (unet-monai train trains every member)"
             )
-        device = next(member.parameters()).device
-        member.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    device = next(ensemble.parameters()).device
+    if len(checkpoints) == 1 and len(ensemble.members) > 1:
+        path = Path(checkpoints[0])
+        state = read_state_dict(path, map_location=device)
+        if not any(key.startswith("members.") for key in state):
+            missing = list(range(1, len(ensemble.members)))
+            raise CheckpointError(
+                f"{path}: holds one network, but the ensemble has {len(ensemble.members)} members "
+                f"(slice axes {', '.join(str(a) for a in ensemble.slice_axes)}): "
+                f"{_members_text(ensemble, missing)} have no weights; name every member's checkpoint "
+                f"(--checkpoint {path.name} --checkpoint <member 1> ..., or a comma list), give a file "
+                "holding the whole ensemble, or set members to one member"
+            )
+        check_fits(ensemble, state, path)
+        ensemble.load_state_dict(state)
+        return
+    for member, path in zip(ensemble.members, checkpoints, strict=True):
+        load_weights(member, path)
