@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from monai.data import load_decathlon_datalist, partition_dataset
+
+from unet_monai.data.checks import BadInputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Every single-file image format the pipeline reads: NIfTI, DICOM files, PNG and TIFF.
@@ -29,8 +32,85 @@ def _check_files_exist(items: list[dict], source: str) -> None:
         raise FileNotFoundError(f"{source} names {len(missing)} file(s) that do not exist: {shown}")
 
 
+def _read_json(path: Path) -> object:
+    """A JSON file's content; a file that is not valid JSON (or not UTF-8 text) is one ``BadInputError``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise BadInputError(f"{path}: not a UTF-8 text file ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise BadInputError(
+            f"{path}: not valid JSON (line {error.lineno} column {error.colno}: {error.msg})"
+        ) from None
+
+
+def _check_msd_entries(description: object, dataset_json: Path, section: str) -> None:
+    """The ``section`` of a parsed ``dataset.json``: a non-empty list of cases with file-path values."""
+    if not isinstance(description, dict):
+        raise BadInputError(f"{dataset_json}: must hold a JSON object, got a {type(description).__name__}")
+    if section not in description:
+        raise BadInputError(f"{dataset_json}: no {section!r} list (the MSD layout lists its cases there)")
+    entries = description[section]
+    if not isinstance(entries, list):
+        raise BadInputError(
+            f"{dataset_json}: {section!r} must be a list of cases, got a {type(entries).__name__}"
+        )
+    if not entries:
+        raise BadInputError(f"{dataset_json}: {section!r} lists no cases")
+    required = ("image", "label") if section == "training" else ("image",)
+    for index, entry in enumerate(entries):
+        where = f"{section}[{index}]"
+        if section == "test" and isinstance(entry, str):
+            continue  # MSD lists test images as plain paths
+        if not isinstance(entry, dict):
+            raise BadInputError(
+                f"{dataset_json}: {where} must be an object with {' and '.join(required)} paths"
+            )
+        for key in required:
+            if key not in entry:
+                raise BadInputError(f"{dataset_json}: {where} has no {key!r}")
+            value = entry[key]
+            paths = value if isinstance(value, list) else [value]
+            if not paths or not all(isinstance(p, str) and p for p in paths):
+                raise BadInputError(
+                    f"{dataset_json}: {where}[{key!r}] must be a file path (a string), got {value!r}"
+                )
+
+
+def _check_msd_paths(entries: list, items: list[dict], dataset_json: Path) -> None:
+    """Every path of ``items`` (resolved from ``entries``) lies in the data folder; no case twice."""
+    root = os.path.normpath(dataset_json.parent)
+    first_index: dict[tuple[str, ...], int] = {}
+    for index, (entry, item) in enumerate(zip(entries, items, strict=True)):
+        written = entry if isinstance(entry, dict) else {"image": entry}
+        for key in ("image", "label"):
+            values = item.get(key)
+            for given, path in zip(_as_list(written.get(key)), _as_list(values), strict=False):
+                # Lexical (not through symbolic links): a data folder may link imagesTr/ to other storage.
+                if os.path.commonpath([root, os.path.normpath(path)]) != root:
+                    raise BadInputError(f"{dataset_json}: entry outside the data folder {root}: {given}")
+        case = tuple(os.path.realpath(p) for p in _as_list(item["image"]))
+        if case in first_index:
+            shown = ", ".join(_as_list(written["image"]))
+            raise BadInputError(
+                f"{dataset_json}: case listed twice: {shown} (entries {first_index[case]} and {index}); "
+                "it could land in both training and validation"
+            )
+        first_index[case] = index
+
+
+def _as_list(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
 def msd_datalist(dataset_dir: str | Path, section: str = "training") -> list[dict]:
     """Read a Medical Segmentation Decathlon ``dataset.json`` into absolute-path items.
+
+    A malformed file (not JSON, no ``section`` list, entries without file paths), an entry outside the
+    dataset folder (``../``, an absolute path elsewhere) or a case listed twice is one ``BadInputError``
+    naming ``dataset.json``; missing files are one ``FileNotFoundError`` listing them.
 
     Args:
         dataset_dir: folder holding ``dataset.json``, ``imagesTr/`` and ``labelsTr/``.
@@ -39,7 +119,10 @@ def msd_datalist(dataset_dir: str | Path, section: str = "training") -> list[dic
     dataset_json = Path(dataset_dir).resolve() / "dataset.json"
     if not dataset_json.is_file():
         raise FileNotFoundError(f"{dataset_json}: no dataset.json in {dataset_dir} (expected the MSD layout)")
+    description = _read_json(dataset_json)
+    _check_msd_entries(description, dataset_json, section)
     items = load_decathlon_datalist(str(dataset_json), is_segmentation=True, data_list_key=section)
+    _check_msd_paths(description[section], items, dataset_json)
     _check_files_exist(items, str(dataset_json))
     return items
 

@@ -38,7 +38,7 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
-from unet_monai.transforms.checks import CheckedLoadImaged, input_checks
+from unet_monai.transforms.checks import CheckedLoadImaged, CheckScaledd, CheckZScored, input_checks
 from unet_monai.transforms.slices import StackNeighbourSlicesd
 
 INTENSITY_METHODS = ("zscore", "percentile", "range", "none")
@@ -87,15 +87,24 @@ def intensity_transform(
             "range" (clip ``a_min``..``a_max`` to [0, 1], e.g. CT windows) or "none".
     """
     if method == "zscore":
-        return [NormalizeIntensityd(keys=key, channel_wise=True)]
+        # Refused when the z-score would blank the image (an extreme voxel) or overflow float32.
+        return [
+            CheckZScored(key),
+            NormalizeIntensityd(keys=key, channel_wise=True),
+            CheckScaledd(key, "z-score"),
+        ]
     if method == "percentile":
         return [
             ScaleIntensityRangePercentilesd(
                 keys=key, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True, channel_wise=True
-            )
+            ),
+            CheckScaledd(key, "percentile"),
         ]
     if method == "range":
-        return [ScaleIntensityRanged(keys=key, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)]
+        return [
+            ScaleIntensityRanged(keys=key, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True),
+            CheckScaledd(key, "range"),
+        ]
     if method == "none":
         return []
     raise ValueError(f"intensity method must be one of {INTENSITY_METHODS}, got {method!r}")

@@ -17,7 +17,16 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, LoadImaged, MapTransform
 from monai.utils import ImageMetaKey
 
-from unet_monai.data.checks import check_image, check_label, check_pair, read_error
+from unet_monai.data.checks import (
+    check_affine,
+    check_image,
+    check_label,
+    check_nifti_header,
+    check_pair,
+    check_scaled,
+    check_zscore,
+    read_error,
+)
 
 
 def source_path(data: Any, key: str) -> str:
@@ -25,6 +34,14 @@ def source_path(data: Any, key: str) -> str:
     if isinstance(data, MetaTensor):
         return str(data.meta.get(ImageMetaKey.FILENAME_OR_OBJ, key))
     return key
+
+
+def check_geometry(image: Any, path: str) -> None:
+    """The voxel-to-world geometry of a loaded image: the NIfTI header's transforms as the file states
+    them, then the affine the reader made (finite, no zero spacing, not singular)."""
+    check_nifti_header(path)
+    if isinstance(image, MetaTensor):
+        check_affine(image.affine, path)
 
 
 class CheckedLoadImage(LoadImage):
@@ -77,6 +94,7 @@ class CheckImaged(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             path = source_path(d[key], str(key))
+            check_geometry(d[key], path)
             check_image(d[key], path, self.spatial_dims, self.channels, self.allow_constant)
         return d
 
@@ -98,7 +116,9 @@ class CheckLabeld(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            check_label(d[key], source_path(d[key], str(key)), self.num_classes, self.allow_empty)
+            path = source_path(d[key], str(key))
+            check_geometry(d[key], path)
+            check_label(d[key], path, self.num_classes, self.allow_empty)
         return d
 
 
@@ -121,6 +141,30 @@ class CheckPaird(MapTransform):
             source_path(label, self.label_key),
             *affines,
         )
+        return d
+
+
+class CheckZScored(MapTransform):
+    """``check_zscore`` on each key, before ``NormalizeIntensityd``: the z-score keeps the contrast."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            check_zscore(d[key], source_path(d[key], str(key)))
+        return d
+
+
+class CheckScaledd(MapTransform):
+    """``check_scaled`` on each key, after intensity scaling: every value finite."""
+
+    def __init__(self, keys: KeysCollection, method: str, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.method = method
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            check_scaled(d[key], source_path(d[key], str(key)), self.method)
         return d
 
 
@@ -147,7 +191,10 @@ __all__ = [
     "CheckImaged",
     "CheckLabeld",
     "CheckPaird",
+    "CheckScaledd",
+    "CheckZScored",
     "CheckedLoadImage",
+    "check_geometry",
     "CheckedLoadImaged",
     "input_checks",
     "source_path",
