@@ -21,6 +21,7 @@ from tests.conftest import AXIAL_ONLY, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, REPO_ROO
 from unet_monai.batch_inference import EXIT_FAILED, shard_from
 from unet_monai.bundle import load_workflow, run_workflow
 from unet_monai.cli import main
+from unet_monai.io import OutputError
 from unet_monai.transforms import AtomicSaveImaged
 from unet_monai.transforms.save import AtomicSaveImage
 
@@ -334,7 +335,7 @@ def test_every_bundle_saves_atomically(tmp_path: Path) -> None:
     blocked = tmp_path / "blocked"
     blocked.mkdir()
     (blocked / "case_seg.nii.gz").mkdir()  # a folder where the mask should go: the rename fails
-    with pytest.raises(RuntimeError):
+    with pytest.raises(OutputError, match=r"case_seg\.nii\.gz: could not write \(Is a directory\)"):
         AtomicSaveImage(output_dir=blocked, output_postfix="seg", separate_folder=False)(image)
     assert [p.name for p in blocked.iterdir()] == ["case_seg.nii.gz"]
 

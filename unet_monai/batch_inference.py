@@ -7,8 +7,15 @@ loading or preprocessing raises into a failure record, and the evaluator's ``ite
 inference, postprocessing or writing raised. A bad case is reported as ``<file>: <problem>`` (the
 root cause) and skipped; every good case is written, atomically (``AtomicSaveImaged``).
 
-``resume=True`` skips cases whose output already exists (complete, since outputs are renamed into
-place). ``shard=(rank, world_size)`` processes ``cases[rank::world_size]`` (a case is an item of the
+``resume=True`` skips cases whose output already exists and loads (``output_problem``: a NIfTI's
+voxels are all decompressed, a DICOM file parsed); an output that does not load (0 bytes, truncated,
+not the format its name says, e.g. left by an older version or another program) is segmented again
+and the case's ``note`` says so. A full disk (or quota, or file-size limit) stops the run at the first
+mask it cannot write: the next cases would fail the same way; the ``OutputError`` naming that mask
+leaves ``run_batch_inference`` after the report is written (if it still fits), and ``--resume`` after
+freeing space completes the batch.
+
+``shard=(rank, world_size)`` processes ``cases[rank::world_size]`` (a case is an item of the
 bundle's dataset: a file, or a patient folder for a multi-modal bundle), as each ``torchrun`` rank does
 (``RANK`` / ``WORLD_SIZE``); shares are disjoint and two cases that would give the same output name
 are refused, so no two processes ever write the same file. Each run writes a JSON
@@ -17,7 +24,7 @@ report in the output folder: ``inference_report.json``, or ``inference_report.ra
 
 from __future__ import annotations
 
-import json
+import gzip
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +32,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
+import pydicom
 import torch
 from monai.engines import SupervisedEvaluator
 from monai.transforms import Compose, SaveImaged
@@ -32,7 +42,7 @@ from tqdm import tqdm
 
 from unet_monai.bundle import load_workflow
 from unet_monai.data.checks import BadInputError
-from unet_monai.transforms.save import partial_path, stale_partials
+from unet_monai.io import OutputError, is_disk_full, stale_partials, write_json
 
 CASE_KEY = "batch_case"
 ERROR_KEY = "batch_error"
@@ -41,12 +51,14 @@ EXIT_FAILED = 1  # some cases failed (the others were written); 2 is the CLI's c
 
 @dataclass
 class CaseResult:
-    """One input file: ``written``, ``skipped`` (its output existed, with ``resume``) or ``failed``."""
+    """One input file: ``written``, ``skipped`` (its output existed, with ``resume``) or ``failed``;
+    ``note`` says why an existing output was segmented again (``resume``)."""
 
     file: str
     output: str
     status: str = "pending"
     error: str | None = None
+    note: str | None = None
 
 
 @dataclass
@@ -83,15 +95,19 @@ class BatchReport:
 
 def root_cause(error: BaseException) -> BaseException:
     """The innermost error of a chain (MONAI wraps transform and config errors in RuntimeErrors); a
-    ``BadInputError`` (the input checks' error, its message names the file) ends the walk."""
-    while error.__cause__ is not None and not isinstance(error, BadInputError):
+    ``BadInputError`` (the input checks' error, its message names the file) or an ``OutputError`` (names
+    the output) ends the walk."""
+    while error.__cause__ is not None and not isinstance(error, (BadInputError, OutputError)):
         error = error.__cause__
     return error
 
 
 def problem(error: BaseException) -> str:
-    """The root cause of ``error`` as one line, ``<type>: <first line of its message>``."""
+    """The root cause of ``error`` as one line, ``<type>: <first line of its message>`` (an
+    ``OutputError`` as its message, ``<output>: could not write (<reason>)``)."""
     cause = root_cause(error)
+    if isinstance(cause, OutputError):
+        return str(cause)
     lines = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {lines[0].strip()}" if lines else type(cause).__name__
 
@@ -124,6 +140,7 @@ class CaseRecorder:
 
     def __init__(self, cases: list[CaseResult]) -> None:
         self.cases = cases
+        self.disk_full: OutputError | None = None  # the write that stopped the run, if any
 
     def fail(self, case: CaseResult, text: str) -> None:
         case.status = "failed"
@@ -138,6 +155,13 @@ class CaseRecorder:
         try:
             output = engine._iteration(engine, batch)  # MONAI's default when iteration_update is None
         except Exception as error:
+            cause = root_cause(error)
+            if isinstance(cause, OutputError) and is_disk_full(cause):  # every next case would fail too
+                case.status = "failed"
+                case.error = case_error(case.file, str(cause))
+                self.disk_full = cause
+                engine.terminate_epoch()  # the evaluator runs one epoch: it ends, its progress bar closes
+                return []
             self.fail(case, problem(error))
             return []
         case.status = "written"
@@ -174,14 +198,28 @@ def output_paths(saver: SaveImaged, files: Sequence[str]) -> dict[str, Path]:
     return outputs
 
 
-def write_json(path: Path, content: dict) -> None:
-    """Write JSON through a temporary file and a rename, like the masks."""
-    temporary = partial_path(path)
+def output_problem(path: Path) -> str | None:
+    """Why an existing output does not load (``None`` if it does): a NIfTI is opened and every voxel read
+    (a truncated ``.gz`` fails there), a DICOM file parsed, another ``.gz`` decompressed to its end, any
+    other file must be non-empty."""
+    name = path.name.lower()
     try:
-        temporary.write_text(json.dumps(content, indent=2) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+        if path.stat().st_size == 0:
+            return "empty file"
+        if name.endswith((".nii", ".nii.gz")):
+            np.asarray(nib.load(path).dataobj)
+        elif name.endswith(".dcm"):
+            dataset = pydicom.dcmread(path)
+            if "PixelData" in dataset:
+                _ = dataset.PixelData
+        elif name.endswith(".gz"):
+            with gzip.open(path, "rb") as stream:
+                while stream.read(1 << 20):
+                    pass
+    except Exception as error:
+        lines = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
+    return None
 
 
 def report_name(rank: int, world_size: int) -> str:
@@ -270,9 +308,13 @@ def run_batch_inference(
         for stale in stale_partials(Path(case.output)):  # left by a killed run; this shard owns the case
             stale.unlink(missing_ok=True)
         if resume and Path(case.output).is_file():
-            case.status = "skipped"
-        else:
-            todo.append((case, items[index]))
+            damage = output_problem(Path(case.output))
+            if damage is None:
+                case.status = "skipped"
+                continue
+            case.note = f"the existing {case.output} did not load ({damage}): segmented again"
+            tqdm.write(f"resume: {case.note}", file=sys.stderr)
+        todo.append((case, items[index]))
 
     if todo:
         recorder = CaseRecorder([case for case, _ in todo])
@@ -291,14 +333,32 @@ def run_batch_inference(
         workflow.initialize()
         workflow.run()
         workflow.finalize()
+        disk_full = recorder.disk_full
         for case in recorder.cases:
             if case.status == "written" and not Path(case.output).is_file():
                 recorder.fail(case, f"the bundle's SaveImaged wrote no {case.output}")
+            elif case.status == "pending" and disk_full is not None:  # stopped on purpose: one line
+                case.status = "failed"
+                case.error = f"not processed: the disk is full ({disk_full.final} could not be written)"
             elif case.status == "pending":  # the evaluator stopped before reaching it
                 recorder.fail(case, "not processed (the run stopped early)")
+    else:
+        disk_full = None
 
     report = BatchReport(cases, rank, world_size, str(output / report_name(rank, world_size)))
     for stale in stale_partials(Path(report.report_path)):
         stale.unlink(missing_ok=True)
-    write_json(Path(report.report_path), report.to_json())
-    return report
+    if disk_full is None:
+        write_json(Path(report.report_path), report.to_json())
+        return report
+    try:
+        write_json(Path(report.report_path), report.to_json())
+    except OutputError:
+        pass  # the disk is still full: the mask that did not fit is the error to report
+    counts = report.count()
+    raise OutputError(
+        disk_full.final,
+        f"{disk_full.reason}; {counts['written']} written, {counts['skipped']} skipped, "
+        f"{counts['failed']} failed: free space and run again with --resume",
+        disk_full.errno,
+    )

@@ -121,7 +121,10 @@ def atomic_output(final: Path | str, verify: Callable[[Path], None] | None = Non
         converted = _as_output_error(error, final)
         if converted is error:
             raise
-        raise converted from error
+        # from None: the original error names the temporary file, and callers that report the innermost
+        # error of a chain (the CLI) must see the OutputError naming ``final`` (the original stays in
+        # ``__context__`` for debugging)
+        raise converted from None
     _fsync_folder(final.parent)
 
 

@@ -3,8 +3,11 @@
 ``ResumeCheckpoint`` (a trainer handler) writes, at the end of every epoch, everything a run needs to
 continue: network, optimiser, LR scheduler, the trainer's state (epoch, iteration), AMP's GradScaler,
 the validator's best metric and the ranking of the best-metric ``CheckpointSaver`` (so that
-``model.pt`` is not replaced by a worse model after resuming). It writes through ignite's
-``DiskSaver(atomic=True)``: a temporary file in the same folder, then ``os.replace``, on rank 0 only.
+``model.pt`` is not replaced by a worse model after resuming). It writes through ``AtomicDiskSaver``
+(ignite's ``DiskSaver``, rank 0 only, writing with ``unet_monai.io.atomic_output``: a hidden
+``.partial-`` file in the same folder, synced and checked, then renamed), so a kill or a full disk
+never leaves a truncated checkpoint: a full disk stops training with one ``OutputError``,
+``<checkpoint>: could not write (No space left on device)``.
 With ``resume`` on, MONAI's ``CheckpointLoader`` (``torch.load(weights_only=True)``) restores it all
 when the trainer starts, so the run continues at the next epoch.
 
@@ -18,9 +21,11 @@ the logging / saving handlers kept on rank 0 only.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,8 @@ from monai.handlers import (
     TensorBoardImageHandler,
     TensorBoardStatsHandler,
 )
+
+from unet_monai.io import atomic_output
 
 # Handlers that only log or write files: multi-GPU runs keep them on rank 0 only.
 RANK_ZERO_HANDLERS = (
@@ -92,29 +99,59 @@ def _unwrapped(obj: Any) -> Any:
     return obj
 
 
+def _check_checkpoint(path: Path) -> None:
+    """Refuse a written checkpoint that is not a whole zip archive (``torch.save``'s format)."""
+    try:
+        with zipfile.ZipFile(path):
+            pass
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"the written checkpoint does not re-open ({error})") from None
+
+
+class AtomicDiskSaver(DiskSaver):
+    """ignite's ``DiskSaver`` (rank 0 only) writing each checkpoint with ``unet_monai.io.atomic_output``.
+
+    The checkpoint is serialised in memory first (``torch.save`` turns a disk error into a vague
+    ``RuntimeError``; a plain file write gives the ``OSError`` that becomes ``OutputError`` naming the
+    checkpoint), then written to a hidden ``.partial-`` file, synced, checked to re-open as a zip archive,
+    given mode 0644 and renamed over the checkpoint. ``filename`` fixes the name of every save (as MONAI's
+    ``CheckpointSaver`` does for ``model.pt``): the rename replaces it, so ``remove`` deletes nothing.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None) -> None:
+        super().__init__(dirname, atomic=True, create_dir=True, require_empty=False)
+        self.filename = filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(checkpoint, self.filename or filename, metadata)
+
+    def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
+        buffer = io.BytesIO()
+        func(checkpoint, buffer, **self.kwargs)
+        with atomic_output(path, verify=_check_checkpoint) as temporary:
+            temporary.write_bytes(buffer.getbuffer())
+
+    def remove(self, filename: str) -> None:
+        if self.filename is None:  # a fixed name is replaced by the next save, never deleted first
+            super().remove(filename)
+
+
 class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI's ``CheckpointSaver`` with every file written atomically.
 
     MONAI builds ignite's ``DiskSaver`` with ``atomic=False`` (for group-read permission, which ignite now
     sets itself), and replaces a fixed-name file (``model.pt``) by deleting it and then writing the new one:
-    a kill in between leaves no file, or half of one. Here each write goes to a temporary file in the same
-    folder and then ``os.replace``; a fixed-name file is replaced in that one step, never deleted first.
-    Same arguments as ``CheckpointSaver``.
+    a kill in between leaves no file, or half of one. Here each checkpoint's save handler is an
+    ``AtomicDiskSaver`` (same folder, same fixed name): a fixed-name file is replaced in one rename, never
+    deleted first, and a full disk leaves the previous file as it was. Same arguments as ``CheckpointSaver``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
-            if checkpoint is None:
-                continue
-            disk_saver = checkpoint.save_handler
-            disk_saver._atomic = True
-            if disk_saver.filename is not None:  # one fixed name: os.replace swaps it, nothing to delete
-                disk_saver.remove = _keep_file
-
-
-def _keep_file(filename: str) -> None:
-    """A save handler's ``remove`` for a fixed-name checkpoint: the atomic write replaces the file."""
+            if checkpoint is not None:
+                fixed_name = checkpoint.save_handler.filename
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed_name)
 
 
 class ResumeCheckpoint:
@@ -151,7 +188,7 @@ class ResumeCheckpoint:
         self.validator = validator
         self.best_saver = best_saver
         self.map_location = map_location
-        self.saver = DiskSaver(self.path.parent, atomic=True, create_dir=True, require_empty=False)
+        self.saver = AtomicDiskSaver(self.path.parent)
 
     def objects(self, trainer: Engine) -> dict[str, Any]:
         """Everything the checkpoint holds, by name."""

@@ -10,8 +10,7 @@ masks by slice number and keeps only the largest 3D connected component (MONAI's
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from monai.transforms import KeepLargestConnectedComponent
 from PIL import Image
 
 from unet_monai.data.lgg_layout import lgg_image_files, mask_path, patient_of
+from unet_monai.io import atomic_output, write_text
 
 SEG_POSTFIX = "_seg"
 
@@ -50,15 +50,10 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def write_mask_atomically(mask: np.ndarray, path: Path) -> None:
-    """Write a bool mask as a 0 / 255 uint8 TIFF through a temporary file and a rename."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tif", dir=path.parent)
-    os.close(handle)
-    try:
+    """Write a bool mask as a 0 / 255 uint8 TIFF through ``unet_monai.io.atomic_output`` (temporary file,
+    fsync, checked, rename); a full disk raises ``OutputError`` naming ``path``."""
+    with atomic_output(path) as temporary:
         Image.fromarray(mask.astype(np.uint8) * 255).save(temporary, format="TIFF")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def keep_largest_tumour(images: Sequence[str | Path] | str | Path, pred_dir: str | Path) -> dict[str, int]:
@@ -103,10 +98,11 @@ def write_patient_dice(scores: dict[str, float], csv_path: str | Path) -> dict[s
     """Write ``patient,dice`` rows (and their mean) to ``csv_path``; returns ``scores``."""
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["patient", "dice"])
-        writer.writerows([patient, f"{value:.4f}"] for patient, value in scores.items())
-        if scores:
-            writer.writerow(["mean", f"{np.mean(list(scores.values())):.4f}"])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["patient", "dice"])
+    writer.writerows([patient, f"{value:.4f}"] for patient, value in scores.items())
+    if scores:
+        writer.writerow(["mean", f"{np.mean(list(scores.values())):.4f}"])
+    write_text(csv_path, text.getvalue())
     return scores

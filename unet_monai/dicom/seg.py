@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -38,6 +37,8 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
+
+from unet_monai.io import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -172,17 +173,24 @@ def _check_frames(
     return frames.astype(np.uint8 if num_classes < 256 else np.uint16)
 
 
-def _save_atomically(dataset: pydicom.Dataset, path: Path) -> None:
-    """Write to a temporary file beside ``path``, then rename it: no half-written file on error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+def _check_dicom_file(path: Path) -> None:
+    """Refuse a written DICOM file that does not parse back to its pixel data (a truncated file fails)."""
     try:
+        dataset = pydicom.dcmread(path)
+    except Exception as error:
+        raise ValueError(
+            f"the written DICOM file does not re-open ({type(error).__name__}: {error})"
+        ) from None
+    if "PixelData" not in dataset:
+        raise ValueError("the written DICOM file has no pixel data")
+
+
+def _save_atomically(dataset: pydicom.Dataset, path: Path) -> None:
+    """Write through ``unet_monai.io.atomic_output`` (temporary file, fsync, re-read, rename): no
+    half-written file on error; a full disk raises ``OutputError`` naming ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, verify=_check_dicom_file) as temporary:
         dataset.save_as(temporary, enforce_file_format=True)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_seg(

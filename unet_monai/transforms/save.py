@@ -1,42 +1,58 @@
-"""Atomic ``SaveImage(d)``: a mask is written to a hidden temporary file beside it, then renamed.
+"""Atomic ``SaveImage(d)``: a mask is written to a hidden temporary file beside it, checked, then renamed.
 
-A killed or failing run therefore never leaves a half-written ``<case>_seg.nii.gz``: the final name
-appears only once the file is complete (``os.replace`` within one folder is atomic). A killed run
-can leave a hidden ``.partial-<token>-<name>`` file: ``glob.glob`` and shell patterns skip it (a
-bundle's datalist never reads it), and ``stale_partials`` finds those of one output so that the
+Every writer goes through ``unet_monai.io.atomic_output``: the file is written under a hidden
+``.partial-<token>-<name>``, synced, checked (non-empty; a NIfTI header must re-open) and only then
+renamed over ``<case>_seg.nii.gz``, so a killed, failing or out-of-disk run never leaves a half-written
+or empty mask under its final name. ``glob.glob`` and shell patterns skip the hidden temporary files (a
+bundle's datalist never reads one), and ``stale_partials`` finds those a killed run left so that the
 next run (``unet-monai infer``) removes them.
+
+No fallback writer turns a disk error into success: MONAI's ``SaveImage`` tries its next writer (ITK)
+when one raises, so a disk error (an ``OSError``: full file system, quota, file-size limit) stops the
+writers at once and leaves ``AtomicSaveImage(d)`` as one ``OutputError``,
+``<mask>: could not write (No space left on device)``.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import re
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 from monai.data.image_writer import ImageWriter, NibabelWriter
 from monai.transforms import SaveImage, SaveImaged
 
-PARTIAL_PREFIX = ".partial-"
+from unet_monai.io import OutputError, atomic_output, partial_path, stale_partials
+
+__all__ = ["AtomicSaveImage", "AtomicSaveImaged", "atomic_writer", "partial_path", "stale_partials"]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-TOKEN_LENGTH = 12
+class _StopWriters(BaseException):
+    """Carries a writer's ``OutputError`` past ``SaveImage``'s ``except Exception`` (which would try the
+    next writer); ``AtomicSaveImage(d)`` turn it back into the ``OutputError``."""
+
+    def __init__(self, error: OutputError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
-def partial_path(final: Path) -> Path:
-    """A fresh hidden temporary name beside ``final``, keeping its extension (writers pick formats by it)."""
-    return final.with_name(f"{PARTIAL_PREFIX}{uuid.uuid4().hex[:TOKEN_LENGTH]}-{final.name}")
+def _check_nifti_header(path: Path) -> None:
+    """Refuse a written NIfTI whose header does not re-open."""
+    try:
+        nib.load(path)
+    except Exception as error:
+        raise ValueError(f"the written NIfTI does not re-open ({type(error).__name__}: {error})") from None
 
 
-def stale_partials(final: Path) -> list[Path]:
-    """Temporary files a killed run left for ``final`` (``.partial-<token>-<final name>``, exactly)."""
-    if not final.parent.is_dir():
-        return []
-    pattern = re.compile(rf"{re.escape(PARTIAL_PREFIX)}[0-9a-f]{{{TOKEN_LENGTH}}}-{re.escape(final.name)}")
-    return [p for p in final.parent.glob(f"{PARTIAL_PREFIX}*") if pattern.fullmatch(p.name)]
+def _verify(final: Path) -> Any:
+    """The check ``atomic_output`` runs on the written file: the NIfTI header for NIfTI; other formats
+    are only checked to be non-empty (``atomic_output`` does that)."""
+    return _check_nifti_header if final.name.endswith(NIFTI_SUFFIXES) else None
 
 
 def _set_metadata_without_copy(
@@ -59,17 +75,17 @@ def _set_metadata_without_copy(
 
 @functools.cache
 def atomic_writer(writer: type[ImageWriter]) -> type[ImageWriter]:
-    """A subclass of a MONAI image writer whose ``write`` goes through a temporary file and ``os.replace``
-    (and, for NIfTI, which keeps the mask's dtype when it does not resample)."""
+    """A subclass of a MONAI image writer whose ``write`` goes through ``atomic_output`` (and, for NIfTI,
+    which keeps the mask's dtype when it does not resample). Use it through ``AtomicSaveImage(d)``: a disk
+    error leaves its ``write`` as ``_StopWriters``, which only they catch."""
 
     def write(self: ImageWriter, filename: Any, *args: Any, **kwargs: Any) -> None:
         final = Path(os.path.expanduser(str(filename)))
-        temporary = partial_path(final)
         try:
-            writer.write(self, str(temporary), *args, **kwargs)
-            os.replace(temporary, final)
-        finally:
-            temporary.unlink(missing_ok=True)
+            with atomic_output(final, verify=_verify(final)) as temporary:
+                writer.write(self, str(temporary), *args, **kwargs)
+        except OutputError as error:
+            raise _StopWriters(error) from None
 
     methods: dict[str, Any] = {"write": write, "__doc__": atomic_writer.__doc__}
     if issubclass(writer, NibabelWriter):
@@ -82,15 +98,23 @@ def _atomic_writers(writers: Sequence[type[ImageWriter]]) -> tuple[type[ImageWri
 
 
 class AtomicSaveImage(SaveImage):
-    """MONAI's ``SaveImage`` (same arguments): writers write a temporary file, renamed when complete."""
+    """MONAI's ``SaveImage`` (same arguments): writers write a temporary file, renamed when complete and
+    checked; a disk error raises ``OutputError`` (no fallback writer runs)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.writers = _atomic_writers(self.writers)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except _StopWriters as stop:
+            raise stop.error from None
+
 
 class AtomicSaveImaged(SaveImaged):
-    """MONAI's ``SaveImaged`` (same arguments): writers write a temporary file, renamed when complete.
+    """MONAI's ``SaveImaged`` (same arguments): writers write a temporary file, renamed when complete and
+    checked; a disk error raises ``OutputError`` (no fallback writer runs).
 
     A drop-in ``_target_`` for a bundle's ``SaveImaged`` entry: names, formats and options unchanged.
     """
@@ -98,3 +122,9 @@ class AtomicSaveImaged(SaveImaged):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.saver.writers = _atomic_writers(self.saver.writers)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except _StopWriters as stop:
+            raise stop.error from None
