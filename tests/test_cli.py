@@ -86,8 +86,8 @@ def test_train_infer_evaluate(tmp_path: Path, synthetic_dataset: Path, capsys: p
         "infer",
         "--bundle",
         str(HIPPOCAMPUS_BUNDLE),
-        "--checkpoint",
-        str(models / "model.pt"),
+        "--checkpoint",  # an explicit --checkpoint loads only the members it names
+        f"{models / 'model.pt'},{models / 'model_member1.pt'}",
         *two_members,
     ]
     assert main([*args, "--input", str(images), "--output", str(masks)]) == 0

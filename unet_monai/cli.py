@@ -221,13 +221,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
             "remove --set " + own[0]
         )
     overrides = {"dataset_dir": str(source.resolve())} | user
+    dicom = _dicom_input(args)
+    if not dicom and args.format in ("seg", "both"):
+        raise SystemExit(f"error: {args.input}: --format {args.format} needs a folder of DICOM images")
+    files = [] if dicom else _image_files(source)
     args.checkpoint_overrides = _check_checkpoints(args, overrides)
     args.checkpoint = args.checkpoint_overrides.get("ckpt_path")  # cmd_infer_dicom's single path
-    if _dicom_input(args):
+    if dicom:
         return cmd_infer_dicom(args)
-    if args.format in ("seg", "both"):
-        raise SystemExit(f"error: {args.input}: --format {args.format} needs a folder of DICOM images")
-    files = _image_files(source)
     report = run_batch_inference(
         args.bundle,
         files,
@@ -283,7 +284,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         images=args.images,
         log_dir=args.log_dir,
         binary=args.binary,
+        bundle=args.bundle,
     )
+    print(f"classes: {summary['classes_source']}")
     print(json.dumps({"num_cases": summary["num_cases"], "mean": summary["mean"]}, indent=2))
     print(f"per-case metrics: {Path(args.output) / 'metrics.csv'}")
     print(f"summary: {Path(args.output) / 'summary.json'}")
@@ -435,8 +438,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pred", required=True, help="folder of predicted label maps")
     evaluate.add_argument("--label", required=True, help="folder of reference label maps")
     evaluate.add_argument("--output", required=True, help="folder for metrics.csv, summary.json and figures")
-    evaluate.add_argument("--num-classes", type=int, help="classes including background (default: from data)")
+    evaluate.add_argument(
+        "--num-classes",
+        type=int,
+        help="classes including background (default: from --class-names or --bundle, else inferred from the "
+        "reference labels when they are 0 .. K for a small K; label values outside the classes are an error)",
+    )
     evaluate.add_argument("--class-names", nargs="+", help="names of the foreground classes, in label order")
+    evaluate.add_argument(
+        "--bundle",
+        metavar="DIR",
+        help="take the classes and their names from this bundle's configs/metadata.json",
+    )
     evaluate.add_argument(
         "--images",
         metavar="DIR",

@@ -120,7 +120,7 @@ def load_member_checkpoints(ensemble: AxisEnsemble, checkpoints: Sequence[str | 
             raise CheckpointError(
                 f"{path}: holds one network, but the ensemble has {len(ensemble.members)} members "
                 f"(slice axes {', '.join(str(a) for a in ensemble.slice_axes)}): "
-                f"{_members_text(ensemble, missing)} have no weights; name every member's checkpoint "
+                f"no weights for {_members_text(ensemble, missing)}; name every member's checkpoint "
                 f"(--checkpoint {path.name} --checkpoint <member 1> ..., or a comma list), give a file "
                 "holding the whole ensemble, or set members to one member"
             )
