@@ -178,8 +178,8 @@ def _check_checkpoints(args: argparse.Namespace, overrides: dict) -> dict:
     chosen = paths or [Path(overrides.get("ckpt_path", Path(args.bundle) / "models" / "model.pt"))]
     for path in chosen:
         if not path.is_file():
-            raise SystemExit(
-                f"error: {path}: no trained weights; run `unet-monai train --bundle {args.bundle}`"
+            raise FileNotFoundError(
+                f"{path}: no trained weights; run `unet-monai train --bundle {args.bundle}`"
             )
     added = {"ckpt_path": str(chosen[0])} if paths else {}
     parser = load_workflow(args.bundle, "inference", **(overrides | added)).parser
