@@ -286,7 +286,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         binary=args.binary,
         bundle=args.bundle,
     )
-    print(f"classes: {summary['classes_source']}")
+    print(summary["classes_source"])
     print(json.dumps({"num_cases": summary["num_cases"], "mean": summary["mean"]}, indent=2))
     print(f"per-case metrics: {Path(args.output) / 'metrics.csv'}")
     print(f"summary: {Path(args.output) / 'summary.json'}")
