@@ -195,10 +195,10 @@ def test_full_disk_infer_stops_in_one_line_and_resume_completes_it(
     fitted = [name for name in names if (out / name).exists()]
     missing = [name for name in names if name not in fitted]
     assert len(fitted) == (2 if disk.kind == "tmpfs" else 0), disk.files()
-    assert line.startswith(f"error: {out / missing[0]}: "), line
+    assert line.startswith(f"error: {out / missing[0]}: could not write ("), line
     assert re.search(NO_ROOM, line), line
     counts = f"{len(fitted)} written, 0 skipped, {CASES - len(fitted)} failed"
-    assert line.endswith(f"; {counts}: free space and run again with --resume"), line
+    assert line.endswith(f"); {counts}: free space and run again with --resume"), line
     _assert_nothing_partial(disk)
     _assert_masks_equal(out, reference, fitted)  # what was written is whole and right
 
@@ -247,7 +247,7 @@ def test_full_disk_json_report_names_the_report(
     (out / "inference_report.json").unlink()
     disk.fill(room=0 if disk.kind == "tmpfs" else 10)
     line = _one_error_line(disk.run(_cli(*_infer_args(checkpoint, inputs, out, "--resume"))))
-    assert line.startswith(f"error: {out / 'inference_report.json'}: ")
+    assert line.startswith(f"error: {out / 'inference_report.json'}: could not write (")
     assert re.search(NO_ROOM, line), line
     assert not (out / "inference_report.json").exists()
     _assert_nothing_partial(disk)
@@ -266,7 +266,7 @@ def test_full_disk_evaluate_report(disk: FullDisk, tmp_path: Path) -> None:
     disk.fill(room=0 if disk.kind == "tmpfs" else 10)
     args = ["evaluate", "--pred", str(predictions), "--label", str(labels), "--output", str(out)]
     line = _one_error_line(disk.run(_cli(*args)))
-    assert line.startswith(f"error: {out / 'metrics.csv'}: "), line
+    assert line.startswith(f"error: {out / 'metrics.csv'}: could not write ("), line
     assert re.search(NO_ROOM, line), line
     assert disk.files(out) == []
     _assert_nothing_partial(disk)

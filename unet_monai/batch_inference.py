@@ -358,7 +358,8 @@ def run_batch_inference(
     counts = report.count()
     raise OutputError(
         disk_full.final,
-        f"{disk_full.reason}; {counts['written']} written, {counts['skipped']} skipped, "
-        f"{counts['failed']} failed: free space and run again with --resume",
+        disk_full.reason,
         disk_full.errno,
+        advice=f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed: "
+        "free space and run again with --resume",
     )

@@ -34,15 +34,19 @@ MAX_NAME_LENGTH = 120  # characters of a name made from untrusted text (file sys
 
 
 class OutputError(OSError):
-    """A file could not be written: ``<final path>: could not write (<reason>)``; nothing was left."""
+    """A file could not be written: ``<final path>: could not write (<reason>)[; <advice>]``; nothing was
+    left. ``filename`` is the final path and ``strerror`` the rest, so code that prints an ``OSError`` as
+    ``<filename>: <strerror>`` prints the same line."""
 
-    def __init__(self, final: Path, reason: str, error_number: int | None = None) -> None:
-        super().__init__(error_number, reason, str(final))
+    def __init__(self, final: Path, reason: str, error_number: int | None = None, advice: str = "") -> None:
+        message = f"could not write ({reason})" + (f"; {advice}" if advice else "")
+        super().__init__(error_number, message, str(final))
         self.final = Path(final)
         self.reason = reason
+        self.advice = advice
 
     def __str__(self) -> str:
-        return f"{self.final}: could not write ({self.reason})"
+        return f"{self.final}: {self.strerror}"
 
 
 def partial_path(final: Path) -> Path:
