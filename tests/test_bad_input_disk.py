@@ -253,8 +253,10 @@ def test_full_disk_json_report_names_the_report(
     _assert_nothing_partial(disk)
 
 
-def test_full_disk_evaluate_report(disk: FullDisk, tmp_path: Path) -> None:
-    """``unet-monai evaluate`` writing its report on a full disk: one line naming metrics.csv."""
+@pytest.mark.parametrize("fault", ["metrics.csv", "overlay_best.png"])
+def test_full_disk_evaluate_report(disk: FullDisk, tmp_path: Path, fault: str) -> None:
+    """``unet-monai evaluate`` writing its report on a full disk: one line naming the file that did not
+    fit (the CSV, or with room for it, the first figure); summary.json, written last, is not there."""
     labels, predictions = tmp_path / "labels", tmp_path / "pred"
     labels.mkdir()
     predictions.mkdir()
@@ -263,12 +265,17 @@ def test_full_disk_evaluate_report(disk: FullDisk, tmp_path: Path) -> None:
         shutil.copy(source, predictions / source.name.replace(".nii.gz", "_seg.nii.gz"))
     out = disk.folder / "report"
     out.mkdir()
-    disk.fill(room=0 if disk.kind == "tmpfs" else 10)
     args = ["evaluate", "--pred", str(predictions), "--label", str(labels), "--output", str(out)]
+    if fault == "metrics.csv":
+        disk.fill(room=0 if disk.kind == "tmpfs" else 10)
+    else:  # the CSV (about 1 kB) fits, a figure (tens of kB) does not
+        disk.fill(room=PAGE if disk.kind == "tmpfs" else 4000)
+        args += ["--images", str(HIPPOCAMPUS / "imagesTr")]
     line = _one_error_line(disk.run(_cli(*args)))
-    assert line.startswith(f"error: {out / 'metrics.csv'}: could not write ("), line
+    assert line.startswith(f"error: {out / fault}: could not write ("), line
     assert re.search(NO_ROOM, line), line
-    assert disk.files(out) == []
+    assert not (out / "summary.json").exists()
+    assert [p.name for p in disk.files(out)] == ([] if fault == "metrics.csv" else ["metrics.csv"])
     _assert_nothing_partial(disk)
 
 

@@ -16,6 +16,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from unet_monai.io import atomic_output
 from unet_monai.visualize import overlay_slice
 
 # Scalar tags written by the bundles' TensorBoardStatsHandlers.
@@ -89,7 +90,8 @@ def save_case_figure(
     figure.tight_layout(rect=(0, 0.08, 1, 1))
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png_path, dpi=100)
+    with atomic_output(png_path) as temporary:
+        figure.savefig(temporary, dpi=100)
     return png_path
 
 
@@ -168,5 +170,6 @@ def save_training_curves(log_dir: str | Path, png_path: str | Path) -> Path | No
     figure.tight_layout()
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png_path, dpi=100)
+    with atomic_output(png_path) as temporary:
+        figure.savefig(temporary, dpi=100)
     return png_path
