@@ -261,16 +261,19 @@ def _to_monochrome1(paths: list[Path]) -> None:
 
 
 def test_real_folder_with_seg_and_nrrd_files() -> None:
-    """The published CT folder: 3 CT slices in a subfolder, a DICOM SEG and NRRD masks beside them."""
+    """The published CT folder: 3 CT slices in a subfolder, a DICOM SEG and NRRD masks beside them. The
+    SEG is not an image series: skipped by name, like the NRRD files."""
     folder = require(CT_SLICES.parent)
     skipped: list[SkippedFile] = []
     series = find_series(folder, skipped)
-    assert [(s.modality, s.num_instances) for s in series] == [("CT", 3), ("SEG", 1)]
-    assert sorted(s.path.suffix for s in skipped) == [".nrrd"] * 4
+    assert [(s.modality, s.num_instances) for s in series] == [("CT", 3)]
+    assert sorted(s.path.suffix for s in skipped) == [".dcm"] + [".nrrd"] * 4
+    (seg,) = [s for s in skipped if s.path.suffix == ".dcm"]
+    assert seg.path.name == "liver.dcm" and seg.reason.startswith("a DICOM SEG object, not an image")
     volume = read_series(folder)
     assert volume.array.shape == (512, 512, 3)
-    assert volume.study_uid == series[0].study_uid == series[1].study_uid
-    with pytest.raises(DicomSeriesError, match="liver.dcm: multi-frame images are not supported"):
+    assert volume.study_uid == series[0].study_uid
+    with pytest.raises(DicomSeriesError, match="no image series matches .*modality=SEG"):
         read_series(folder, modality="SEG")
 
 

@@ -6,6 +6,11 @@ and writes it as ``<output>/<SeriesInstanceUID>_seg.dcm`` (DICOM SEG referencing
 and / or ``<output>/<SeriesInstanceUID>_seg.nii.gz``. :func:`segment_pacs_study` does the same for a
 series of a study on a PACS: pull by WADO-RS, segment, store the SEG back by STOW-RS or C-STORE.
 
+The UID comes from the files, so it is untrusted: output names use it made safe
+(:func:`unet_monai.io.safe_name`: ``/``, ``..``, NUL, unicode and length cannot lead out of the output
+folder), and a SEG is written only for UIDs that are DICOM UIDs (digits and dots, at most 64
+characters). Outputs are written atomically (:mod:`unet_monai.io`).
+
 Errors are one line naming the folder, file, UID or server; logs name files and UIDs, never patient
 attributes.
 """
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -25,18 +30,28 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from unet_monai.dicom.series import PIXEL_TAGS, DicomVolume, read_series
+from unet_monai.dicom.series import (
+    NOT_DICOM_SUFFIXES,
+    NOT_IMAGE_MODALITIES,
+    PIXEL_TAGS,
+    DicomSeriesError,
+    DicomVolume,
+    not_an_image,
+    read_series,
+    shown,
+)
+from unet_monai.io import PARTIAL_PREFIX, atomic_output, output_path, safe_name
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("seg", "nifti")
 SEG_TYPES = ("binary", "labelmap")
-# Files with these endings are never DICOM: skipped when looking for DICOM images in a folder.
-NOT_DICOM_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".json", ".txt", ".csv")
-# Modalities of a study that are not images to segment.
-NOT_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "DOC"})
+__all__ = ["NOT_DICOM_SUFFIXES", "NOT_IMAGE_MODALITIES", "segment_dicom", "segment_pacs_study"]
 # The mask the bundle writes must lie on the series' grid within this (mm; NIfTI stores float32 affines).
 AFFINE_TOLERANCE_MM = 1e-3
+# What a SEG may copy from its sources: a DICOM UID (digits and dots, at most 64 characters).
+DICOM_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
 
 
 def _is_dicom_image(path: Path) -> bool:
@@ -50,7 +65,7 @@ def _is_dicom_image(path: Path) -> bool:
                 return False
     except Exception:  # any unreadable file is simply not a DICOM image
         return False
-    return any(tag in ds for tag in PIXEL_TAGS)
+    return any(tag in ds for tag in PIXEL_TAGS) and not_an_image(ds) is None
 
 
 def holds_dicom_images(folder: str | Path) -> bool:
@@ -59,7 +74,9 @@ def holds_dicom_images(folder: str | Path) -> bool:
     if not folder.is_dir():
         return False
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.name.lower().endswith(NOT_DICOM_SUFFIXES) and _is_dicom_image(path):
+        if path.name.startswith(PARTIAL_PREFIX) or path.name.lower().endswith(NOT_DICOM_SUFFIXES):
+            continue
+        if path.is_file() and _is_dicom_image(path):
             return True
     return False
 
@@ -120,23 +137,27 @@ def run_bundle_on_volume(
     run_workflow(bundle, "inference", **settings)
     written = sorted(folder_out.glob("*.nii*")) if folder_out.is_dir() else []
     if len(written) != 1:
-        raise ValueError(f"bundle {bundle} wrote {len(written)} NIfTI masks for series {volume.series_uid}")
+        raise ValueError(
+            f"bundle {bundle} wrote {len(written)} NIfTI masks for series {shown(volume.series_uid)}"
+        )
     mask = nib.load(written[0])
     data = np.asarray(mask.dataobj)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.shape != volume.array.shape:
         raise ValueError(
-            f"bundle {bundle} wrote a mask of shape {data.shape} for series {volume.series_uid} "
+            f"bundle {bundle} wrote a mask of shape {data.shape} for series {shown(volume.series_uid)} "
             f"of shape {volume.array.shape}"
         )
     if not np.allclose(mask.affine, volume.affine, atol=AFFINE_TOLERANCE_MM):
         raise ValueError(
             f"bundle {bundle} wrote a mask with affine {np.round(mask.affine, 4).tolist()} for series "
-            f"{volume.series_uid} with affine {np.round(volume.affine, 4).tolist()}"
+            f"{shown(volume.series_uid)} with affine {np.round(volume.affine, 4).tolist()}"
         )
     if not np.array_equal(data, np.rint(data)) or data.min() < 0:
-        raise ValueError(f"bundle {bundle} wrote a mask of non-label values for series {volume.series_uid}")
+        raise ValueError(
+            f"bundle {bundle} wrote a mask of non-label values for series {shown(volume.series_uid)}"
+        )
     return data.astype(np.uint16 if data.max() > 255 else np.uint8)
 
 
@@ -149,22 +170,43 @@ def _save_mask_nifti(mask: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(image, path)
 
 
-def _publish(staged: dict[str, Path], output: Path) -> dict[str, Path]:
-    """Move the staged files into ``output`` under their names: each by copy to a hidden temporary file
-    and rename; on error the files already moved are removed again, so nothing is half-written."""
+def _check_uids_for_seg(volume: DicomVolume, folder: str | Path) -> None:
+    """A SEG copies its sources' UIDs: each must be a DICOM UID, or the SEG is refused in one line."""
+    for path, dataset in zip(volume.files, volume.datasets, strict=True):
+        for keyword in UID_KEYWORDS:
+            value = dataset.get(keyword)
+            if value is None and keyword == "FrameOfReferenceUID":
+                continue
+            text = str(value if value is not None else "")
+            if len(text) > 64 or not DICOM_UID.fullmatch(text):
+                where = folder if keyword in ("StudyInstanceUID", "SeriesInstanceUID") else path
+                raise DicomSeriesError(
+                    f"{where}: {keyword} '{shown(text)}' is not a valid DICOM UID (digits and dots, at most "
+                    "64 characters), so a DICOM SEG cannot reference it; --format nifti writes the mask"
+                )
+
+
+def _output_name(series_uid: str) -> str:
+    """The name outputs of a series start with: its UID, made safe (logged when that changed it)."""
+    name = safe_name(series_uid)
+    if name != series_uid:
+        logger.warning(
+            "series UID '%s' is not a safe file name: its outputs are named %s_seg.*", shown(series_uid), name
+        )
+    return name
+
+
+def _publish(staged: dict[str, tuple[Path, str]], output: Path) -> dict[str, Path]:
+    """Copy each staged file into ``output`` under its name (checked to stay inside ``output``), each
+    atomically (:func:`unet_monai.io.atomic_output`); on error the files already published are removed
+    again, so nothing is half-written."""
     output.mkdir(parents=True, exist_ok=True)
     done: dict[str, Path] = {}
     try:
-        for kind, source in staged.items():
-            target = output / source.name
-            handle, temporary = tempfile.mkstemp(prefix=f".{source.name}.", suffix=".part", dir=output)
-            os.close(handle)
-            try:
+        for kind, (source, name) in staged.items():
+            target = output_path(output, name)
+            with atomic_output(target) as temporary:
                 shutil.copyfile(source, temporary)
-                os.replace(temporary, target)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
             done[kind] = target
     except BaseException:
         for path in done.values():
@@ -203,26 +245,31 @@ def segment_dicom(
     weights = _checkpoint(bundle, checkpoint, overrides)
     metadata = bundle_metadata(bundle) if "seg" in chosen else {}
     volume = read_series(input_folder, series_uid, modality, description, rule="only")
-    logger.info("segmenting series %s (%d slices) with %s", volume.series_uid, len(volume.files), bundle.name)
+    if "seg" in chosen:
+        _check_uids_for_seg(volume, input_folder)
+    name = _output_name(volume.series_uid)
+    logger.info(
+        "segmenting series %s (%d slices) with %s", shown(volume.series_uid), len(volume.files), bundle.name
+    )
     with tempfile.TemporaryDirectory(prefix="unet-monai-dicom-") as temporary:
         work = Path(temporary)
         mask = run_bundle_on_volume(bundle, volume, work, weights, overrides)
-        staged: dict[str, Path] = {}
+        staged: dict[str, tuple[Path, str]] = {}
         seg_uids: tuple[str | None, str | None] = (None, None)
         if "seg" in chosen:
             sources = [pydicom.dcmread(path) for path in volume.files]
             try:
-                seg_path = write_seg(
-                    volume.frames(mask), sources, metadata, work / f"{volume.series_uid}_seg.dcm", seg_type
-                )
+                seg_path = write_seg(volume.frames(mask), sources, metadata, work / "seg.dcm", seg_type)
             except ValueError as error:
-                raise ValueError(f"{input_folder}: SEG of series {volume.series_uid}: {error}") from None
+                raise ValueError(
+                    f"{input_folder}: SEG of series {shown(volume.series_uid)}: {error}"
+                ) from None
             header = pydicom.dcmread(seg_path, stop_before_pixels=True)
             seg_uids = (str(header.SOPInstanceUID), str(header.SeriesInstanceUID))
-            staged["seg"] = seg_path
+            staged["seg"] = (seg_path, f"{name}_seg.dcm")
         if "nifti" in chosen:
-            staged["nifti"] = work / f"{volume.series_uid}_seg.nii.gz"
-            _save_mask_nifti(mask, volume.affine, staged["nifti"])
+            _save_mask_nifti(mask, volume.affine, work / "mask.nii.gz")
+            staged["nifti"] = (work / "mask.nii.gz", f"{name}_seg.nii.gz")
         files = _publish(staged, Path(output_folder))
     logger.info("wrote %s", ", ".join(str(p) for p in files.values()))
     return {
@@ -244,27 +291,29 @@ def parse_node(text: str) -> tuple[str, int, str]:
     return host, int(port), aet
 
 
+def _series_line(series: dict[str, Any]) -> str:
+    """A series of a QIDO-RS answer on one line (its text escaped and cut: it comes from the server)."""
+    return (
+        f"{shown(series['SeriesInstanceUID'])} ({shown(series.get('Modality', '?'))}, "
+        f"'{shown(series.get('SeriesDescription', ''))}', "
+        f"{shown(series.get('NumberOfSeriesRelatedInstances', '?'))} instances)"
+    )
+
+
 def choose_pacs_series(
     series: Sequence[dict[str, Any]], study_uid: str, url: str, series_uid: str | None = None
 ) -> dict[str, Any]:
     """The one image series of a study's QIDO-RS answer (SEG, SR, ... skipped), by ``series_uid`` if
     given; a one-line ValueError listing the image series when there is none or more than one."""
     images = [s for s in series if str(s.get("Modality", "")).upper() not in NOT_IMAGE_MODALITIES]
-    listed = (
-        "; ".join(
-            f"{s['SeriesInstanceUID']} ({s.get('Modality', '?')}, '{s.get('SeriesDescription', '')}', "
-            f"{s.get('NumberOfSeriesRelatedInstances', '?')} instances)"
-            for s in images
-        )
-        or "none"
-    )
+    listed = "; ".join(_series_line(s) for s in images) or "none"
     matches = [s for s in images if series_uid is None or s["SeriesInstanceUID"] == series_uid]
     if not matches:
         wanted = f"series {series_uid}" if series_uid else "image series"
-        raise ValueError(f"no {wanted} in study {study_uid} on {url}; image series: {listed}")
+        raise ValueError(f"no {shown(wanted)} in study {shown(study_uid)} on {url}; image series: {listed}")
     if len(matches) > 1:
         raise ValueError(
-            f"{len(matches)} image series in study {study_uid} on {url}, choose one with a series UID "
+            f"{len(matches)} image series in study {shown(study_uid)} on {url}, choose one with a series UID "
             f"or modality: {listed}"
         )
     return matches[0]
@@ -282,25 +331,36 @@ def segment_pacs_study(
     seg_type: str = "binary",
     c_store_node: str | None = None,
     work_dir: str | Path | None = None,
+    timeout: float | None = None,
+    connect_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Pull one image series of a study from the DICOMweb server ``url``, segment it with
     :func:`segment_dicom` and store the SEG back: by STOW-RS, or by C-STORE to ``c_store_node``
     (``HOST:PORT:AET``) when given.
 
-    The series is the study's only image series (of ``modality`` if given), or ``series_uid``. Pulled
-    files and the SEG go under ``work_dir`` (kept) or a temporary folder (removed). Returns what
-    :func:`segment_dicom` returns plus ``destination`` (where the SEG went) and ``seg`` (its path,
-    only meaningful with ``work_dir``).
+    The series is the study's only image series (of ``modality`` if given), or ``series_uid``. The
+    weights are checked before the PACS is asked anything. Pulled files go to
+    ``<work>/pulled/<series UID made safe>/`` and the SEG to ``<work>/output/`` under ``work_dir`` (kept)
+    or a temporary folder (removed). ``connect_timeout`` / ``timeout``: seconds to open a connection /
+    that the PACS may stay silent, for every request (None: ``pacs.DEFAULT_CONNECT_TIMEOUT`` / ``pacs.
+    DEFAULT_TIMEOUT``). Returns what :func:`segment_dicom` returns plus
+    ``destination`` (where the SEG went) and ``seg`` (its path, only meaningful with ``work_dir``).
     """
-    from unet_monai.dicom.pacs import DicomWebPacs, c_store
+    from unet_monai.dicom.pacs import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, DicomWebPacs, c_store
 
     node = parse_node(c_store_node) if c_store_node else None
-    pacs = DicomWebPacs(url)
+    resolved = Path(bundle).resolve()
+    _checkpoint(resolved, checkpoint, dict(overrides or {}))  # missing weights: before pulling anything
+    limits = {
+        "timeout": DEFAULT_TIMEOUT if timeout is None else timeout,
+        "connect_timeout": DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,
+    }
+    pacs = DicomWebPacs(url, **limits)
     chosen = choose_pacs_series(pacs.find_series(study_uid, modality), study_uid, pacs.url, series_uid)
     uid = chosen["SeriesInstanceUID"]
     with tempfile.TemporaryDirectory(prefix="unet-monai-pacs-") as temporary:
         work = Path(work_dir) if work_dir is not None else Path(temporary)
-        folder = work / "pulled" / uid
+        folder = output_path(work / "pulled", safe_name(uid))
         pacs.pull_series(study_uid, uid, folder)
         result = segment_dicom(
             bundle,
@@ -317,9 +377,9 @@ def segment_pacs_study(
             stored = pacs.store([seg_path])
             destination = pacs.url
         else:
-            stored = c_store([seg_path], *node)
+            stored = c_store([seg_path], *node, **limits)
             destination = stored.url
     if result["seg_sop_instance_uid"] not in stored.stored:
         raise ValueError(f"{destination} did not confirm storing SEG {result['seg_sop_instance_uid']}")
-    logger.info("stored SEG %s of series %s on %s", result["seg_sop_instance_uid"], uid, destination)
+    logger.info("stored SEG %s of series %s on %s", result["seg_sop_instance_uid"], shown(uid), destination)
     return result | {"destination": destination, "seg": seg_path}

@@ -12,7 +12,13 @@ Conventions (the same as MONAI's ``ITKReader`` and NIfTI / nibabel):
   image's stored values are first reflected over their range (``low + high - stored``) so that
   larger values are brighter, as in ``unet_monai.data.lv_layout``.
 
-Errors and log messages name files, folders and UIDs only, never patient attributes.
+Errors and log messages name files, folders and UIDs only, never patient attributes; UIDs and
+descriptions come from the files, so they are shown escaped and cut (:func:`shown`).
+
+Not every DICOM file with pixel data is an image: a DICOM SEG (our own output, or anyone's), a
+structured report, a presentation state or a key object selection (:data:`NOT_IMAGE_MODALITIES`) is
+skipped by name, with a log line, and never counted as a series. NIfTI files (our own masks) and an
+interrupted atomic write's ``.partial-*`` files are skipped without being read.
 
 Against MONAI 1.6's readers (checked in ``tests/test_dicom_series.py``): ``ITKReader`` gives the
 same array and affine on regular series, oblique ones and MONOCHROME1, but its affine ignores a
@@ -37,12 +43,29 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from unet_monai.io import PARTIAL_PREFIX
+
 if TYPE_CHECKING:
     from monai.data import MetaTensor
 
 logger = logging.getLogger(__name__)
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Masks (ours among them) that find_series skips unread, without a warning; other stray files are read
+# and skipped with a warning naming them.
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Files with these endings are never DICOM (holds_dicom_images does not read them).
+NOT_DICOM_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".json", ".txt", ".csv")
+# Modalities that are not images to segment (SEG objects have pixel data, the others usually not).
+NOT_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "DOC"})
+# SOP classes that are not images whatever their Modality says: Segmentation (and Label Map
+# Segmentation) Storage, structured reports, presentation states.
+NOT_IMAGE_SOP_CLASS_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.66.",
+    "1.2.840.10008.5.1.4.1.1.88.",
+    "1.2.840.10008.5.1.4.1.1.11.",
+)
+SHOWN_LENGTH = 100  # characters of untrusted header text shown in a message
 GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
 # Direction cosines within this agree. Slice positions agree within 1% of the slice spacing or
 # 0.02 mm, whichever is larger (some scanners write positions with two decimals).
@@ -50,6 +73,24 @@ ORIENTATION_TOLERANCE = 1e-4
 SPACING_TOLERANCE = 0.01
 POSITION_TOLERANCE_MM = 0.02
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def shown(text: object, limit: int = SHOWN_LENGTH) -> str:
+    """Untrusted header text (a UID, a description) fit for a one-line message: control characters
+    (newlines, NUL, ...) escaped, cut to ``limit`` characters (``...`` marks a cut)."""
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
+
+
+def not_an_image(ds: Dataset) -> str | None:
+    """Why a DICOM object is not an image to segment (a SEG, SR, PR, KO, ...), or None for an image."""
+    modality = str(ds.get("Modality", "")).strip().upper()
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if modality in NOT_IMAGE_MODALITIES:
+        return f"a DICOM {modality} object, not an image (SOP class {shown(sop_class)})"
+    if sop_class.startswith(NOT_IMAGE_SOP_CLASS_PREFIXES):
+        return f"not an image (SOP class {shown(sop_class)}, modality {shown(modality) or '?'})"
+    return None
 
 
 class DicomSeriesError(ValueError):
@@ -82,7 +123,10 @@ class SeriesInfo:
 
     def summary(self) -> str:
         """One line without patient attributes, for messages."""
-        return f"{self.series_uid} ({self.modality}, '{self.description}', {self.num_instances} files)"
+        return (
+            f"{shown(self.series_uid)} ({shown(self.modality)}, '{shown(self.description)}', "
+            f"{self.num_instances} files)"
+        )
 
 
 @dataclass
@@ -174,16 +218,25 @@ def _skip(skipped: list[SkippedFile] | None, path: Path, reason: str) -> None:
 def find_series(folder: str | Path, skipped: list[SkippedFile] | None = None) -> list[SeriesInfo]:
     """The image series in ``folder`` (searched recursively), largest first; headers only.
 
-    Files that are not DICOM, or DICOM without pixel data or SeriesInstanceUID, are skipped: each
-    is logged and, when ``skipped`` is given, appended to it.
+    Files that are not DICOM, DICOM objects that are not images (SEG, SR, PR, KO, ...: our own SEG
+    among them), and DICOM without pixel data or SeriesInstanceUID are skipped: each is logged and,
+    when ``skipped`` is given, appended to it. NIfTI files (``.nii``, ``.nii.gz``: masks) and unfinished
+    atomic writes (``.partial-*``) are skipped unread, logged at debug level only.
     """
     folder = Path(folder)
     found: dict[str, SeriesInfo] = {}
     for path in _files_under(folder):
+        if path.name.startswith(PARTIAL_PREFIX) or path.name.lower().endswith(NIFTI_SUFFIXES):
+            logger.debug("skipping %s: a NIfTI file or an unfinished write, not DICOM", path)
+            continue
         try:
             ds, has_pixels = _read_header(path)
         except Exception as error:  # any unreadable file is skipped or reported, never a crash
             _skip(skipped, path, f"not a readable DICOM file ({type(error).__name__})")
+            continue
+        reason = not_an_image(ds)
+        if reason is not None:
+            _skip(skipped, path, reason)
             continue
         if not has_pixels:
             _skip(skipped, path, f"DICOM without pixel data (SOP class {ds.get('SOPClassUID', '?')})")
@@ -372,9 +425,15 @@ def _series_files(
     rule: str,
 ) -> SeriesInfo:
     if isinstance(source, (str, Path)):
-        series = find_series(source)
+        skipped: list[SkippedFile] = []
+        series = find_series(source, skipped)
         if not series:
-            raise DicomSeriesError(f"{source}: no DICOM image series found")
+            first = (
+                f" ({len(skipped)} skipped, first {shown(skipped[0].path.name)}: {skipped[0].reason})"
+                if skipped
+                else ""
+            )
+            raise DicomSeriesError(f"{source}: no DICOM image series found{first}")
         return select_series(series, series_uid, modality, description, rule)
     paths = [Path(p) for p in source]
     if not paths:
@@ -424,7 +483,7 @@ def read_series(
         frames.append(values)
         datasets.append(ds)
     array = np.ascontiguousarray(np.stack(frames).transpose(2, 1, 0))
-    logger.info("read series %s: %d slices, shape %s", info.series_uid, len(slices), array.shape)
+    logger.info("read series %s: %d slices, shape %s", shown(info.series_uid), len(slices), array.shape)
     return DicomVolume(
         array=array,
         affine=LPS_TO_RAS @ affine_lps,
