@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.conftest import AXIAL_ONLY, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, REPO_ROOT, require
-from unet_monai.batch_inference import EXIT_FAILED, shard_from
+from unet_monai.batch_inference import EXIT_FAILED, shard_from, wait_for_other_ranks
 from unet_monai.bundle import load_workflow, run_workflow
 from unet_monai.cli import main
 from unet_monai.io import OutputError
@@ -360,3 +360,15 @@ def test_atomic_nifti_writer_keeps_the_masks_dtype_values_and_affine(tmp_path: P
     np.testing.assert_array_equal(np.asarray(ours.dataobj), mask[0].numpy())
     np.testing.assert_allclose(ours.affine, theirs.affine, atol=1e-6)
     np.testing.assert_allclose(ours.affine, affine, atol=1e-6)
+
+
+def test_a_failed_rank_waits_for_the_other_reports_of_this_run(tmp_path: Path) -> None:
+    """torchrun stops the other ranks when one exits non-zero: a failed rank waits for every report first."""
+    stale = tmp_path / "inference_report.rank1.json"
+    stale.write_text("{}")
+    os.utime(stale, (0, 0))  # a report of an earlier run does not count
+    (tmp_path / "inference_report.rank0.json").write_text("{}")
+    since = time.time() - 1.0
+    assert not wait_for_other_ranks(tmp_path, 2, since, poll_s=0.01, timeout_s=0.2)
+    stale.write_text("{}")  # rank 1 finished this run
+    assert wait_for_other_ranks(tmp_path, 2, since, poll_s=0.01, timeout_s=5.0)

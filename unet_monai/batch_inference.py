@@ -27,6 +27,7 @@ from __future__ import annotations
 import gzip
 import os
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -220,6 +221,25 @@ def output_problem(path: Path) -> str | None:
         lines = str(error).strip().splitlines()
         return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
     return None
+
+
+def wait_for_other_ranks(
+    output_dir: str | Path, world_size: int, since: float, poll_s: float = 0.5, timeout_s: float | None = None
+) -> bool:
+    """Wait until every rank has written this run's report (modified at or after ``since``).
+
+    torchrun stops every other rank as soon as one exits non-zero, so a rank with failed cases that
+    exited at once could cut another rank's share short: it waits for the others first. Returns whether
+    all reports came (``False`` after ``timeout_s``; ``None`` waits as long as torchrun lets it).
+    """
+    folder = Path(output_dir)
+    reports = [folder / report_name(rank, world_size) for rank in range(world_size)]
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while not all(path.is_file() and path.stat().st_mtime >= since for path in reports):
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True
 
 
 def report_name(rank: int, world_size: int) -> str:
