@@ -132,8 +132,10 @@ def _dicom_input(args: argparse.Namespace) -> bool:
 
 
 def cmd_infer_dicom(args: argparse.Namespace) -> int:
-    """``infer`` of one DICOM series: a DICOM SEG and / or a NIfTI mask named by its SeriesInstanceUID."""
+    """``infer`` of one DICOM series: a DICOM SEG and / or a NIfTI mask named by its SeriesInstanceUID
+    (made safe: the UID comes from the files)."""
     from unet_monai.dicom.infer import segment_dicom
+    from unet_monai.dicom.series import shown
 
     formats = {"seg": ("seg",), "nifti": ("nifti",), "both": ("seg", "nifti"), None: ("seg",)}[args.format]
     result = segment_dicom(
@@ -147,7 +149,7 @@ def cmd_infer_dicom(args: argparse.Namespace) -> int:
         overrides=_overrides(args),
         seg_type=args.seg_type,
     )
-    print(f"series {result['series_uid']}: labels {result['labels']}")
+    print(f"series {shown(result['series_uid'])}: labels {result['labels']}")
     for kind, path in result["files"].items():
         print(f"{kind}: {path}")
     if result["seg_sop_instance_uid"] is not None:
@@ -246,6 +248,9 @@ def cmd_pacs(args: argparse.Namespace) -> int:
     from unet_monai.dicom.infer import segment_pacs_study
     from unet_monai.dicom.pacs import PacsError
 
+    for option, seconds in (("--connect-timeout", args.connect_timeout), ("--timeout", args.timeout)):
+        if not seconds > 0 or seconds == float("inf"):
+            raise SystemExit(f"error: {option}: must be a positive number of seconds, got {seconds:g}")
     try:
         result = segment_pacs_study(
             args.url,
@@ -258,6 +263,8 @@ def cmd_pacs(args: argparse.Namespace) -> int:
             seg_type=args.seg_type,
             c_store_node=args.c_store,
             work_dir=args.work,
+            timeout=args.timeout,
+            connect_timeout=args.connect_timeout,
         )
     except PacsError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -425,6 +432,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pacs.add_argument("--c-store", metavar="HOST:PORT:AET", help="store the SEG by C-STORE to this node")
     pacs.add_argument("--work", metavar="DIR", help="keep the pulled series and the SEG in this folder")
+    pacs.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds to open a connection to the PACS (DICOMweb and C-STORE; default 5)",
+    )
+    pacs.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds the PACS may stay silent: waiting for an answer, or for the next bytes of one (not a "
+        "limit on a whole transfer); a timeout is not retried (default 60)",
+    )
     pacs.set_defaults(func=cmd_pacs)
 
     evaluate = commands.add_parser(
