@@ -73,10 +73,11 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def infer(source: Path, output: Path, checkpoint: Path, fmt: str, capsys) -> tuple[int, str, str]:
-    """``unet-monai infer`` of a DICOM folder in-process: exit code, stdout, stderr."""
+def infer(source: Path, output: Path, checkpoint: Path, fmt: str | None, capsys) -> tuple[int, str, str]:
+    """``unet-monai infer`` of a DICOM folder in-process (``--format fmt`` unless None): exit code,
+    stdout, stderr."""
     args = ["infer", "--bundle", str(BUNDLE), "--input", str(source), "--output", str(output)]
-    args += ["--checkpoint", str(checkpoint), "--format", fmt]
+    args += ["--checkpoint", str(checkpoint), *(["--format", fmt] if fmt else [])]
     args += [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
     try:
         code = main(args)
@@ -214,10 +215,16 @@ def test_segment_dicom_into_its_own_input_folder_twice(
     assert "skipping" in package_log.getvalue() and "a DICOM SEG object" in package_log.getvalue()
 
 
+@pytest.mark.parametrize("fmt", ["seg", None])
 def test_folder_of_only_non_image_objects_is_one_error(
-    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], package_log: io.StringIO
+    fmt: str | None,
+    checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    package_log: io.StringIO,
 ) -> None:
-    """A folder holding only a SEG (our own, from an earlier run) has no image series: one line."""
+    """A folder holding only a SEG (our own, from an earlier run) has no image series: one line, with or
+    without --format (never the SEG's frames handed to the bundle's reader as an image)."""
     series = tmp_path / "series"
     shutil.copytree(require(DICOM_SERIES), series)
     code, _, err = infer(series, tmp_path / "first", checkpoint, "seg", capsys)
@@ -226,7 +233,7 @@ def test_folder_of_only_non_image_objects_is_one_error(
     only_seg = tmp_path / "only_seg"
     only_seg.mkdir()
     shutil.copy(seg, only_seg / seg.name)
-    code, out, err = infer(only_seg, tmp_path / "second", checkpoint, "seg", capsys)
+    code, out, err = infer(only_seg, tmp_path / "second", checkpoint, fmt, capsys)
     assert code == 2
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in err, err[-2000:]

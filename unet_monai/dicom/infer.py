@@ -36,7 +36,6 @@ from unet_monai.dicom.series import (
     PIXEL_TAGS,
     DicomSeriesError,
     DicomVolume,
-    not_an_image,
     read_series,
     shown,
 )
@@ -65,11 +64,15 @@ def _is_dicom_image(path: Path) -> bool:
                 return False
     except Exception:  # any unreadable file is simply not a DICOM image
         return False
-    return any(tag in ds for tag in PIXEL_TAGS) and not_an_image(ds) is None
+    return any(tag in ds for tag in PIXEL_TAGS)
 
 
 def holds_dicom_images(folder: str | Path) -> bool:
-    """Whether ``folder`` (searched recursively) holds at least one DICOM file with pixel data."""
+    """Whether ``folder`` (searched recursively) holds at least one DICOM file with pixel data.
+
+    A DICOM SEG counts too: such a folder is read as DICOM, where a SEG is skipped by name (and a folder of
+    SEGs only is an error), never handed to a bundle's image reader as if it were an image.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return False

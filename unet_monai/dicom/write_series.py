@@ -22,6 +22,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from unet_monai.io import atomic_output, output_path
+
 SOP_CLASSES = {"MR": MRImageStorage, "CT": CTImageStorage}
 RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.1"  # pydicom's root + 1
@@ -164,7 +166,8 @@ def write_series(
 
     Files are named ``<name_prefix><number>.dcm``; ``number`` is the slice index, or a random
     permutation of it when ``shuffle_seed`` is given (so that a reader must order by geometry).
-    InstanceNumber is still the slice index + 1. Returns the written paths in slice order.
+    InstanceNumber is still the slice index + 1. Each file is written atomically (:mod:`unet_monai.io`);
+    a name leading outside ``folder`` is refused. Returns the written paths in slice order.
     """
     modality = modality.upper()
     if modality not in SOP_CLASSES:
@@ -206,8 +209,9 @@ def write_series(
         ds.SliceThickness = _ds(thickness)
         ds.SliceLocation = _ds(float(position[2]))
         _set_pixels(ds, stored[:, :, k].T, encoding, modality)
-        path = folder / f"{name_prefix}{int(numbers[k]):04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        path = output_path(folder, f"{name_prefix}{int(numbers[k]):04d}.dcm")
+        with atomic_output(path) as temporary:
+            ds.save_as(temporary, enforce_file_format=True)
         paths.append(path)
     return paths
 
