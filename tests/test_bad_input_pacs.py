@@ -46,9 +46,9 @@ def within_bound(seconds: float, timeout: float = TIMEOUT) -> bool:
     return seconds < 3 * timeout + 5
 
 
-@pytest.fixture
-def silent_server() -> Iterator[int]:
-    """A TCP server on loopback that accepts every connection and never sends a byte; yields its port."""
+def _holding_server(greeting: bytes) -> Iterator[int]:
+    """A TCP server on loopback that accepts every connection, sends ``greeting`` (if any) and then
+    nothing more, holding the connection open; yields its port."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -65,6 +65,8 @@ def silent_server() -> Iterator[int]:
             except OSError:
                 return
             held.append(connection)
+            if greeting:
+                connection.sendall(greeting)
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
@@ -74,6 +76,20 @@ def silent_server() -> Iterator[int]:
     for connection in held:
         connection.close()
     listener.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """Accepts connections and never sends a byte."""
+    yield from _holding_server(b"")
+
+
+@pytest.fixture
+def stalling_server() -> Iterator[int]:
+    """Accepts connections, sends the headers of an answer, then stalls in its body."""
+    yield from _holding_server(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: 1000\r\n\r\n[{"
+    )
 
 
 @pytest.fixture
@@ -222,6 +238,17 @@ def test_server_that_never_accepts_fails_after_the_connect_timeout(
     assert code == 2
     assert re.match(rf"error: {re.escape(url)}: no connection within {TIMEOUT:g} s \(QIDO-RS", line), line
     assert within_bound(seconds), f"failed after {seconds:.1f} s"
+
+
+def test_answer_that_stalls_midway_fails_after_the_timeout(stalling_server: int) -> None:
+    url = f"http://127.0.0.1:{stalling_server}/dicom-web"
+    start = time.monotonic()
+    with pytest.raises(PacsError) as error:
+        DicomWebPacs(url, timeout=TIMEOUT, connect_timeout=3).find_series(STUDY)
+    seconds = time.monotonic() - start
+    message = str(error.value)
+    assert re.match(rf"{re.escape(url)}: no answer within {TIMEOUT:g} s \(QIDO-RS", message), message
+    assert within_bound(seconds), (message, seconds)
 
 
 def test_c_store_to_a_node_that_never_answers(silent_server: int) -> None:
