@@ -318,3 +318,17 @@ def test_help_documents_the_timeouts(capsys: pytest.CaptureFixture[str]) -> None
     text = " ".join(capsys.readouterr().out.split())
     assert "--connect-timeout S" in text and "--timeout S" in text
     assert "default 5" in text and "default 60" in text
+
+
+@pytest.mark.parametrize("option", ["--study", "--series-uid"])
+def test_uid_options_that_are_not_uids_are_one_line_before_any_request(
+    option: str, silent_server: int, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{silent_server}/dicom-web"
+    args = ["pacs", "--url", url, "--study", STUDY, "--bundle", str(BUNDLE), "--checkpoint", str(checkpoint)]
+    args += [option, "../x\n1"]
+    start = time.monotonic()
+    assert main(args) == 2
+    line = one_error(capsys.readouterr().err)
+    assert line == f"error: {option} '../x\\n1': not a DICOM UID (digits and dots, at most 64 characters)"
+    assert time.monotonic() - start < 10

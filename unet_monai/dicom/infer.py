@@ -351,6 +351,11 @@ def segment_pacs_study(
     """
     from unet_monai.dicom.pacs import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, DicomWebPacs, c_store
 
+    for option, uid in (("--study", study_uid), ("--series-uid", series_uid)):
+        if uid is not None and (len(uid) > 64 or not DICOM_UID.fullmatch(uid)):
+            raise ValueError(
+                f"{option} '{shown(uid)}': not a DICOM UID (digits and dots, at most 64 characters)"
+            )
     node = parse_node(c_store_node) if c_store_node else None
     resolved = Path(bundle).resolve()
     _checkpoint(resolved, checkpoint, dict(overrides or {}))  # missing weights: before pulling anything
