@@ -332,3 +332,34 @@ def test_uid_options_that_are_not_uids_are_one_line_before_any_request(
     line = one_error(capsys.readouterr().err)
     assert line == f"error: {option} '../x\\n1': not a DICOM UID (digits and dots, at most 64 characters)"
     assert time.monotonic() - start < 10
+
+
+def test_c_store_that_is_never_answered_after_the_association(tmp_path: Path) -> None:
+    """A real DICOM node (pynetdicom) that accepts the association and never answers the C-STORE."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import MRImageStorage
+
+    release = threading.Event()
+
+    def never_answer(event: evt.Event) -> int:
+        release.wait(30)
+        return 0x0000
+
+    node = AE(ae_title="SLOW")
+    node.add_supported_context(MRImageStorage)
+    server = node.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, never_answer)])
+    port = server.server_address[1]
+    start = time.monotonic()
+    try:
+        with pytest.raises(PacsError) as error:
+            c_store([require(MR_FILE)], "127.0.0.1", port, "SLOW", timeout=TIMEOUT, connect_timeout=3)
+    finally:
+        seconds = time.monotonic() - start
+        release.set()
+        server.shutdown()
+    message = str(error.value)
+    expected = (
+        rf"dicom://SLOW@127.0.0.1:{port}: no answer within {TIMEOUT:g} s \(C-STORE of MR Image Storage "
+    )
+    assert re.match(expected, message) and "\n" not in message, message
+    assert within_bound(seconds), (message, seconds)

@@ -497,18 +497,24 @@ def c_store(
     result = StoreResult(url=f"dicom://{node}")
     try:
         for message_id, (item, sop_class, sop_uid, _) in enumerate(instances, start=1):
+            started = time.monotonic()
             try:
-                status = association.send_c_store(item, msg_id=message_id % 65536)
+                with _pynetdicom_messages() as messages:
+                    status = association.send_c_store(item, msg_id=message_id % 65536)
             except (ValueError, AttributeError) as error:
                 raise PacsError(f"C-STORE of {sop_uid} to {node} impossible: {error}") from None
             code = int(status.Status) if "Status" in status else None
             if code in C_STORE_OK:
                 result.stored.append(str(sop_uid))
                 continue
-            if code is None:
-                failure = f"no answer within {timeout:g} s or aborted (see --timeout)"
-            else:
-                failure = f"status 0x{code:04X}"
+            if code is None and (
+                any("DIMSE timeout" in m for m in messages) or time.monotonic() - started >= timeout
+            ):
+                result.failed[str(sop_uid)] = "no answer"
+                raise PacsError(
+                    no_answer(f"dicom://{node}", timeout, f"C-STORE of {sop_class.name} {sop_uid}")
+                )
+            failure = "no response (association aborted)" if code is None else f"status 0x{code:04X}"
             result.failed[str(sop_uid)] = failure
             raise PacsError(f"C-STORE of {sop_class.name} {sop_uid} to {node} failed: {failure}")
     finally:
