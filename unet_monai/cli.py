@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from unet_monai.data.datalists import IMAGE_SUFFIXES
@@ -208,7 +209,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     Before anything is read or written: the bundle, the input, the output folder (not inside a folder
     input), the rank / shard, the overrides and the checkpoints are checked, each fault one line."""
-    from unet_monai.batch_inference import run_batch_inference, shard_from
+    from unet_monai.batch_inference import run_batch_inference, shard_from, wait_for_other_ranks
 
     _check_bundle(args.bundle, "inference")
     source = Path(args.input)
@@ -231,6 +232,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     args.checkpoint = args.checkpoint_overrides.get("ckpt_path")  # cmd_infer_dicom's single path
     if dicom:
         return cmd_infer_dicom(args)
+    started = time.time() - 1.0  # file times can be coarser than the clock
     report = run_batch_inference(
         args.bundle,
         files,
@@ -240,6 +242,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         shard=shard,
     )
     print(f"{report.summary()} (masks in {Path(args.output).resolve()}; report {report.report_path})")
+    if report.exit_code and report.world_size > 1 and args.shard is None:
+        wait_for_other_ranks(args.output, report.world_size, started)  # torchrun would stop them
     return report.exit_code
 
 
