@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +39,52 @@ FAST_TRAIN = {
     "batch_size": 2,
     "network_def#features": 8,
 }
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``unet-monai ARGS`` in-process: exit code, stdout, stderr (a ``SystemExit`` counts as its code)."""
+    from unet_monai.cli import main
+
+    try:
+        code = main(args)
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def wide_random_checkpoint(folder: Path, overrides: dict) -> Path:
+    """A seeded random state_dict of the hippocampus bundle's network under ``overrides``, convolutions
+    drawn wide enough (std 0.3) that its masks hold every label, so comparing masks is not vacuous."""
+    from unet_monai.bundle import load_workflow
+
+    parser = load_workflow(HIPPOCAMPUS_BUNDLE, "inference", **overrides).parser
+    network = parser.get_parsed_content("network_def")
+    torch.manual_seed(0)
+    for module in network.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            torch.nn.init.normal_(module.weight, std=0.3)
+    path = folder / "model.pt"
+    torch.save(network.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def package_log() -> Iterator[io.StringIO]:
+    """Everything ``unet_monai``'s loggers log during a test (caplog's root handler does not survive the
+    ``fileConfig`` a bundle's logging.conf runs)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setLevel(logging.DEBUG)
+    logger = logging.getLogger("unet_monai")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield stream
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 def require(path: Path) -> Path:

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -24,9 +24,8 @@ import pydicom
 import pytest
 import torch
 
-from tests.conftest import AXIAL_ONLY, HIPPOCAMPUS, REPO_ROOT, SHARED_DATA, require
+from tests.conftest import AXIAL_ONLY, HIPPOCAMPUS, REPO_ROOT, SHARED_DATA, require, run_cli
 from unet_monai.bundle import load_workflow
-from unet_monai.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,36 +48,8 @@ def _live_log_streams() -> None:
             handler.stream = sys.stdout  # setStream would flush the closed one
 
 
-@pytest.fixture
-def package_log() -> Iterator[io.StringIO]:
-    """Everything ``unet_monai``'s loggers log during a test (caplog's root handler does not survive the
-    ``fileConfig`` a bundle's logging.conf runs)."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setLevel(logging.DEBUG)
-    logger = logging.getLogger("unet_monai")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield stream
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 def _set_args(overrides: dict) -> list[str]:
     return [arg for key, value in overrides.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``unet-monai ARGS`` in-process: exit code, stdout, stderr."""
-    try:
-        code = main(args)
-    except SystemExit as exit_:  # argparse and the CLI's own "error: ..." exits
-        code = exit_.code if isinstance(exit_.code, int) else 1
-        if isinstance(exit_.code, str):
-            print(exit_.code, file=sys.stderr)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_error(code: int, err: str, where: str | Path, problem: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import AXIAL_ONLY, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, REPO_ROOT, require
+from tests.conftest import AXIAL_ONLY, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, REPO_ROOT, require, run_cli
 from unet_monai.bundle import load_workflow
 from unet_monai.cli import main
 from unet_monai.networks import axis_ensemble
@@ -45,18 +45,6 @@ def _live_log_streams() -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
             handler.stream = sys.stdout
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``unet-monai ARGS`` in-process: exit code, stdout, stderr (a ``SystemExit`` counts as its code)."""
-    try:
-        code = main(args)
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-        if isinstance(exit_.code, str):
-            print(exit_.code, file=sys.stderr)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_error(code: int, err: str, pattern: str, exit_code: int = 2) -> str:

@@ -19,7 +19,6 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -27,9 +26,8 @@ import pytest
 import torch
 from pydicom.dataelem import DataElement
 
-from tests.conftest import AXIAL_ONLY, REPO_ROOT, SHARED_DATA, require
+from tests.conftest import AXIAL_ONLY, REPO_ROOT, SHARED_DATA, require, run_cli
 from unet_monai.bundle import load_workflow
-from unet_monai.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -48,21 +46,6 @@ def _live_log_streams() -> None:
             handler.stream = sys.stdout
 
 
-@pytest.fixture
-def package_log() -> Iterator[io.StringIO]:
-    """Everything ``unet_monai``'s loggers log during a test."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setLevel(logging.DEBUG)
-    logger = logging.getLogger("unet_monai")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield stream
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random weights of the small 2D network: inference runs, the masks are noise."""
@@ -79,14 +62,7 @@ def infer(source: Path, output: Path, checkpoint: Path, fmt: str | None, capsys)
     args = ["infer", "--bundle", str(BUNDLE), "--input", str(source), "--output", str(output)]
     args += ["--checkpoint", str(checkpoint), *(["--format", fmt] if fmt else [])]
     args += [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
-    try:
-        code = main(args)
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-        if isinstance(exit_.code, str):
-            print(exit_.code, file=sys.stderr)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(args, capsys)
 
 
 def assert_no_patient_identifiers(*texts: str) -> None:

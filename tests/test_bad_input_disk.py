@@ -26,8 +26,15 @@ import pydicom
 import pytest
 import torch
 
-from tests.conftest import AXIAL_ONLY, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, REPO_ROOT, SHARED_DATA, require
-from unet_monai.bundle import load_workflow
+from tests.conftest import (
+    AXIAL_ONLY,
+    HIPPOCAMPUS,
+    HIPPOCAMPUS_BUNDLE,
+    REPO_ROOT,
+    SHARED_DATA,
+    require,
+    wide_random_checkpoint,
+)
 from unet_monai.cli import main
 
 SMALL = {"network_def#features": 8, "members": AXIAL_ONLY["members"]}
@@ -132,15 +139,8 @@ def _cli(*args: str) -> str:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Seeded random weights of the small axial network, wide enough (std 0.3) for masks with every label."""
-    network = load_workflow(HIPPOCAMPUS_BUNDLE, "inference", **SMALL).parser.get_parsed_content("network_def")
-    torch.manual_seed(0)
-    for module in network.modules():
-        if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-            torch.nn.init.normal_(module.weight, std=0.3)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save(network.state_dict(), path)
-    return path
+    """Seeded wide random weights of the small axial network (see wide_random_checkpoint)."""
+    return wide_random_checkpoint(tmp_path_factory.mktemp("model"), SMALL)
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import AXIAL_ONLY, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, REPO_ROOT, require
+from tests.conftest import (
+    AXIAL_ONLY,
+    HIPPOCAMPUS,
+    HIPPOCAMPUS_BUNDLE,
+    REPO_ROOT,
+    require,
+    wide_random_checkpoint,
+)
 from unet_monai.batch_inference import EXIT_FAILED, shard_from, wait_for_other_ranks
-from unet_monai.bundle import load_workflow, run_workflow
+from unet_monai.bundle import run_workflow
 from unet_monai.cli import main
 from unet_monai.io import OutputError
 from unet_monai.transforms import AtomicSaveImaged
@@ -33,16 +40,8 @@ KILL_CASES = 16  # volumes in the kill-and-resume folder
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seeded random state_dict of the small axial network, convolutions drawn wide enough (std 0.3)
-    that its masks hold all three labels, so comparing masks is not vacuous."""
-    network = load_workflow(HIPPOCAMPUS_BUNDLE, "inference", **SMALL).parser.get_parsed_content("network_def")
-    torch.manual_seed(0)
-    for module in network.modules():
-        if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-            torch.nn.init.normal_(module.weight, std=0.3)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save(network.state_dict(), path)
-    return path
+    """Seeded wide random weights of the small axial network (see wide_random_checkpoint)."""
+    return wide_random_checkpoint(tmp_path_factory.mktemp("model"), SMALL)
 
 
 @pytest.fixture(scope="module")
