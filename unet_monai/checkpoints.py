@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from unet_monai.shipped import is_packed, unpack
+
 __all__ = ["CheckpointError", "check_fits", "load_weights", "read_state_dict"]
 
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING"}
@@ -85,6 +87,11 @@ def read_state_dict(path: str | Path, map_location: Any = "cpu") -> dict[str, to
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from None
     except Exception as error:  # truncated zip, text, garbage: torch raises many kinds
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from None
+    if is_packed(state):  # compact shipped weights (unet_monai.shipped): back to float32
+        try:
+            state = unpack(state, path)
+        except (KeyError, TypeError, AttributeError, RuntimeError) as error:
+            raise CheckpointError(f"{path}: damaged packed weights ({_first_line(error)})") from None
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -2,6 +2,7 @@
 
 from unet_monai.networks.axis_ensemble import (
     AxisEnsemble,
+    available_member_checkpoints,
     axis_ensemble,
     load_member_checkpoints,
     member_checkpoints,
@@ -14,6 +15,7 @@ from unet_monai.networks.variants import VARIANTS, build_variant, features_for_b
 
 __all__ = [
     "AxisEnsemble",
+    "available_member_checkpoints",
     "axis_ensemble",
     "load_member_checkpoints",
     "member_checkpoints",

@@ -66,6 +66,15 @@ def member_checkpoints(first_checkpoint: str | Path, num_members: int) -> list[P
     return [first] + [first.with_name(f"{first.stem}_member{k}.pt") for k in range(1, num_members)]
 
 
+def available_member_checkpoints(first_checkpoint: str | Path, num_members: int) -> list[Path]:
+    """``member_checkpoints``, or ``[first_checkpoint]`` alone when no other member's file lies beside it:
+    a file that holds the whole ensemble, as a bundle ships its weights (``unet_monai.shipped``)."""
+    paths = member_checkpoints(first_checkpoint, num_members)
+    if len(paths) > 1 and not any(path.exists() for path in paths[1:]):
+        return paths[:1]
+    return paths
+
+
 def _members_text(ensemble: AxisEnsemble, indices: Sequence[int]) -> str:
     """``member 2 (slice axis 1)`` / ``members 1, 2 (slice axes 0, 1)``."""
     axes = ", ".join(str(ensemble.slice_axes[k]) for k in indices)
