@@ -91,7 +91,8 @@ def test_check_properties_reports_nothing_missing(tmp_path: Path, synthetic_data
             logging_file=str(CONFIGS / "logging.conf"),
             workflow_type=workflow_type,
             bundle_root=str(tmp_path),
-            dataset_dir=str(synthetic_dataset),
+            # inference reads a folder of images (an empty one is an error), training the dataset
+            dataset_dir=str(synthetic_dataset / "imagesTr" if config == "inference" else synthetic_dataset),
         )
         workflow.initialize()
         assert workflow.check_properties() == [], config

@@ -11,7 +11,7 @@ import inspect
 import json
 import logging
 import pydoc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,40 @@ def run_workflow(bundle_dir: str | Path, name: str, **overrides: Any) -> ConfigW
     workflow.run()
     workflow.finalize()
     return workflow
+
+
+def image_files(folder: str | Path, patterns: Sequence[str]) -> list[str]:
+    """The files directly in ``folder`` matching any of ``patterns`` (``*.nii.gz``), sorted, absolute.
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    found = {path.resolve() for pattern in patterns for path in folder.glob(pattern) if path.is_file()}
+    return [str(path) for path in sorted(found)]
+
+
+def dataset_items(key: str, source: str | Path, find: Callable[..., list], **kwargs: Any) -> list:
+    """``find(source, **kwargs)``: the images an inference config reads from its ``dataset_dir``.
+
+    A config's datalist goes through here so that ``python -m monai.bundle run`` never ends with
+    status 0 having done nothing: a folder that does not exist, holds no images, or holds a bad one
+    ends the run with one line naming the config key (``dataset_dir: DIR holds no images``), as a
+    ``SystemExit`` (MONAI's config parser turns any other exception into a chained traceback).
+    """
+    if not Path(source).exists():
+        raise SystemExit(f"{key}: {source}: no such folder")
+    try:
+        items = find(source, **kwargs)
+    except FileNotFoundError as error:
+        raise SystemExit(f"{key}: {source} holds no images ({error})") from None
+    except ValueError as error:
+        raise SystemExit(f"{key}: {error}") from None
+    if not items:
+        raise SystemExit(f"{key}: {source} holds no images")
+    return items
 
 
 def parse_override(text: str) -> tuple[str, Any]:
