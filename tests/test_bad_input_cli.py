@@ -414,3 +414,13 @@ def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setenv("UNET_MONAI_DEBUG", "1")
     with pytest.raises(KeyError, match="learning_rat"):
         main(train(tmp_path, "--set", "learning_rat=0.5"))
+
+
+def test_member_outside_the_ensemble_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--bundle", str(HIPPOCAMPUS_BUNDLE), "--data", str(require(HIPPOCAMPUS))]
+    args += ["--set", "member=3", "--set", f"ckpt_dir={tmp_path / 'models'}"]
+    code, _, err = run_cli(args, capsys)
+    assert_one_error(
+        code, err, r"error: member: 3 is not a member of this ensemble \(0 \.\. 2: slice axes 2, 0, 1\)"
+    )
+    assert files_in(tmp_path) == []

@@ -101,6 +101,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         overrides["resume"] = True
     members = load_workflow(args.bundle, "train", **overrides).parser.get("members")
+    member = overrides.get("member")
+    if member is not None and isinstance(members, list) and member not in range(len(members)):
+        raise SystemExit(
+            f"error: member: {member!r} is not a member of this ensemble (0 .. {len(members) - 1}: "
+            f"slice axes {', '.join(str(m.get('slice_axis')) for m in members)})"
+        )
     if "member" in overrides or not isinstance(members, list):
         runs = [overrides]
     else:
@@ -109,7 +115,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         workflow = run_workflow(args.bundle, "train", **run)
         parser = workflow.parser
         name = parser.get_parsed_content("member_checkpoint") if "member_checkpoint" in parser else "model.pt"
-        print(f"best checkpoint: {Path(parser.get_parsed_content('ckpt_dir')) / name}")
+        best = Path(parser.get_parsed_content("ckpt_dir")) / name
+        if not best.is_file():
+            raise SystemExit(
+                f"error: {best}: training ended without writing its checkpoint (no validation ran)"
+            )
+        print(f"best checkpoint: {best}")
     return 0
 
 

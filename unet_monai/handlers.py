@@ -10,6 +10,9 @@ back on as soon as the batch is in hand, so validation and inference keep their 
 ``untracked_worker_init``: the same for batches drawn in DataLoader worker processes, which keep
 their own tracking setting (with MONAI's per-worker seeding of the random transforms).
 
+``ValidateAtEnd``: validates the last epoch of a run that ValidationHandler's interval skipped, so a short run
+still validates and saves its checkpoint.
+
 ``AxisEnsembleCheckpointLoader``: loads each member of an ``AxisEnsemble`` (one 2D network per
 slice direction) from its own checkpoint when the engine starts, as MONAI's ``CheckpointLoader``
 does for one network.
@@ -88,3 +91,27 @@ class AxisEnsembleCheckpointLoader:
 
     def __call__(self, engine: Engine) -> None:
         load_member_checkpoints(self.ensemble, self.checkpoints)
+
+
+class ValidateAtEnd:
+    """Validate once more when training completes, unless its last epoch was validated already.
+
+    MONAI's ``ValidationHandler`` validates every ``interval`` epochs, so a run shorter than
+    ``val_interval`` (or not a multiple of it) would end without validating its last epochs, and the
+    best-metric ``CheckpointSaver`` attached to the validator would never write ``model.pt``. Attach it
+    to the trainer beside the ``ValidationHandler``, with the same validator and interval.
+    """
+
+    def __init__(self, validator: Engine, interval: int) -> None:
+        if interval < 1:
+            raise ValueError(f"val_interval: must be a positive integer, got {interval}")
+        self.validator = validator
+        self.interval = interval
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        if epoch % self.interval != 0:
+            self.validator.run(epoch)
