@@ -31,6 +31,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tools/check_json.py
 
 # The Docker images without a Docker engine (docker/check.sh): hadolint, the install script run
 # outside Docker into a fresh venv, the image's entry points (train, monai.bundle run); ~1.5 min.
@@ -41,6 +42,7 @@ docker-check: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+	$(BIN)/python tools/check_json.py --fix
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
