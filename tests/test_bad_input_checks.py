@@ -438,3 +438,22 @@ def test_evaluate_folder_problems_are_one_line(
     code, _, err = run_cli(evaluate(preds, labels, tmp_path / "report", "--num-classes", "3"), capsys)
     assert code == 2
     assert_one_error(code, err, preds if where == "preds" else labels, problem)
+
+
+def test_chill_scores_the_cases_that_have_a_prediction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preds, labels = _eval_folders(tmp_path)
+    (preds / f"{CASES[1]}_seg.nii.gz").unlink()
+    code, _, err = run_cli(evaluate(preds, labels, tmp_path / "strict", "--num-classes", "3"), capsys)
+    assert_one_error(code, err, preds, r"no prediction for 1 case\(s\): hippocampus_003 .*--chill scores")
+    assert not (tmp_path / "strict").exists()
+
+    code, out, _ = run_cli(
+        evaluate(preds, labels, tmp_path / "chill", "--num-classes", "3", "--chill"), capsys
+    )
+    assert code == 0
+    assert "--chill: 1 case(s) without a prediction left out of the scores: hippocampus_003" in out
+    summary = json.loads((tmp_path / "chill" / "summary.json").read_text())
+    assert summary["num_cases"] == 2 and summary["cases_without_prediction"] == ["hippocampus_003"]
+    assert summary["mean"]["dice"] == pytest.approx(1.0)  # the two scored predictions are perfect

@@ -307,8 +307,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         log_dir=args.log_dir,
         binary=args.binary,
         bundle=args.bundle,
+        chill=args.chill,
     )
     print(summary["classes_source"])
+    unscored = summary["cases_without_prediction"]
+    if unscored:
+        shown = ", ".join(unscored[:10]) + (f" and {len(unscored) - 10} more" if len(unscored) > 10 else "")
+        print(f"--chill: {len(unscored)} case(s) without a prediction left out of the scores: {shown}")
     print(json.dumps({"num_cases": summary["num_cases"], "mean": summary["mean"]}, indent=2))
     print(f"per-case metrics: {Path(args.output) / 'metrics.csv'}")
     print(f"summary: {Path(args.output) / 'summary.json'}")
@@ -493,6 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of the images (<case>.nii.gz, on the labels' grid): writes OUTPUT/overlay_best.png, "
         "overlay_median.png and overlay_worst.png, the cases of highest, median and lowest mean Dice, each "
         "at its slice with the most reference foreground (panels: image, prediction, reference)",
+    )
+    evaluate.add_argument(
+        "--chill",
+        action="store_true",
+        help="score only the cases that have a prediction (as nnU-Net's --chill) and list the others; "
+        "without it a reference without a prediction is an error",
     )
     evaluate.add_argument(
         "--binary",

@@ -48,9 +48,10 @@ def _find_prediction(pred_dir: Path, case: str) -> Path | None:
 
 
 def _match_cases(
-    pred_dir: Path, label_dir: Path, cases: list[str] | None = None
-) -> list[tuple[str, Path, Path]]:
-    """``(case, prediction file, reference file)`` for every reference label map (or only ``cases``)."""
+    pred_dir: Path, label_dir: Path, cases: list[str] | None = None, chill: bool = False
+) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """``(case, prediction file, reference file)`` for every reference label map (or only ``cases``), and
+    the cases without a prediction: an error unless ``chill`` (then they are left out and listed)."""
     references = sorted(p for p in label_dir.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
     if cases is not None:
         by_case = {case_name(p): p for p in references}
@@ -69,13 +70,15 @@ def _match_cases(
             missing.append(case)
         else:
             pairs.append((case, prediction, reference))
-    if missing:
+    looked_for = (
+        f"looked for <case>, <case>_seg and <case>_pred with the suffixes {' / '.join(IMAGE_SUFFIXES)}"
+    )
+    if missing and not (chill and pairs):
+        hint = "" if chill else "; --chill scores the cases that have one"
         raise FileNotFoundError(
-            f"{pred_dir}: no prediction for {len(missing)} case(s): {_names(missing)} "
-            "(looked for <case>, <case>_seg and <case>_pred with the suffixes "
-            f"{' / '.join(IMAGE_SUFFIXES)})"
+            f"{pred_dir}: no prediction for {len(missing)} case(s): {_names(missing)} ({looked_for}){hint}"
         )
-    return pairs
+    return pairs, missing
 
 
 def _names(names: list[str], shown: int = 20) -> str:
@@ -340,6 +343,7 @@ def evaluate_folders(
     log_dir: str | Path | None = None,
     binary: bool = False,
     bundle: str | Path | None = None,
+    chill: bool = False,
 ) -> dict:
     """Evaluate the reference label maps of ``label_dir`` against their predictions in ``pred_dir``.
 
@@ -364,6 +368,8 @@ def evaluate_folders(
         binary: every non-zero value of predictions and references is foreground (class 1): for
             binary masks saved as 0 / 255 (PNG, TIFF). ``num_classes`` is then 2.
         bundle: a bundle folder whose ``configs/metadata.json`` names the classes (``bundle_class_names``).
+        chill: score only the cases that have a prediction (nnU-Net's ``--chill``); the others are listed in
+            ``summary["cases_without_prediction"]``. Without it a missing prediction is an error.
 
     Returns the summary dict (NaN kept as float NaN), also written to ``summary.json`` (NaN as null):
     ``per_class[name][metric]`` and ``case_mean[metric]`` hold ``mean`` / ``std`` / ``median`` over the
@@ -379,7 +385,7 @@ def evaluate_folders(
             problem = "not a folder" if folder.exists() else "no such folder"
             raise FileNotFoundError(f"{folder}: {problem} ({what})")
 
-    pairs = _match_cases(pred_dir, label_dir, cases)
+    pairs, unscored = _match_cases(pred_dir, label_dir, cases, chill)
     # Look for every image before the long metric loop, so that a missing one fails at once.
     image_paths = _find_images(images, [case for case, _, _ in pairs]) if images is not None else {}
     if binary and num_classes not in (None, 2):
@@ -459,6 +465,7 @@ def evaluate_folders(
     }
     summary = {
         "num_cases": len(rows),
+        "cases_without_prediction": list(unscored),
         "classes": list(class_names),
         "classes_source": source,
         "per_class": per_class,
