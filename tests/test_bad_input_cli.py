@@ -19,7 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import AXIAL_ONLY, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE, REPO_ROOT, require, run_cli
+from tests.conftest import (
+    AXIAL_ONLY,
+    FAST_TRAIN,
+    HIPPOCAMPUS,
+    HIPPOCAMPUS_BUNDLE,
+    REPO_ROOT,
+    require,
+    run_cli,
+)
 from unet_monai.bundle import load_workflow
 from unet_monai.cli import main
 from unet_monai.networks import axis_ensemble
@@ -424,3 +432,25 @@ def test_member_outside_the_ensemble_is_one_line(tmp_path: Path, capsys: pytest.
         code, err, r"error: member: 3 is not a member of this ensemble \(0 \.\. 2: slice axes 2, 0, 1\)"
     )
     assert files_in(tmp_path) == []
+
+
+def test_a_run_shorter_than_val_interval_still_validates_and_saves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "train",
+        "--bundle",
+        str(HIPPOCAMPUS_BUNDLE),
+        "--data",
+        str(require(HIPPOCAMPUS)),
+        "--epochs",
+        "1",
+    ]
+    args += ["--set", f"ckpt_dir={tmp_path / 'models'}", "--set", f"output_dir={tmp_path / 'runs'}"]
+    settings = {**FAST_TRAIN, "val_interval": 5}
+    settings.pop("train#trainer#max_epochs")
+    args += [arg for key, value in settings.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert f"best checkpoint: {tmp_path / 'models' / 'model.pt'}" in out
+    assert (tmp_path / "models" / "model.pt").is_file()
