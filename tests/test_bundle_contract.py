@@ -1,0 +1,165 @@
+"""Every bundle under bundles/ as the MONAI model zoo checks and runs it (unet_monai.bundle_contract).
+
+The zoo's own ``ci/verify_bundle.py`` runs too when a model-zoo checkout is named by ``MODEL_ZOO_DIR``
+(skipped otherwise); ``zoo_problems`` checks the same things, so nothing here depends on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HIPPOCAMPUS, REPO_ROOT, require
+from tools.check_json import main as check_json
+from unet_monai.bundle_contract import NO_SHIPPED_WEIGHTS, read_large_files, zoo_json, zoo_problems
+
+BUNDLES = sorted(path for path in (REPO_ROOT / "bundles").iterdir() if (path / "configs").is_dir())
+ZOO_RUN = ["--bundle_root", ".", "--meta_file", "configs/metadata.json", "--config_file"]
+ZOO_RUN += ["configs/inference.json", "--logging_file", "configs/logging.conf"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[path.name for path in BUNDLES])
+def test_bundle_passes_the_model_zoo_checks(bundle: Path) -> None:
+    assert zoo_problems(bundle) == []
+
+
+def test_bundles_without_weights_are_real_bundles() -> None:
+    assert NO_SHIPPED_WEIGHTS <= {path.name for path in BUNDLES}
+
+
+def test_zoo_json_is_the_pretty_format_json_hook() -> None:
+    text = '{"b": 1, "a": {"x": [1, 2]}, "c": "4 \\u00b1 1", "d": "\u00b1"}'
+    assert zoo_json(text) == (
+        '{\n    "b": 1,\n    "a": {\n        "x": [\n            1,\n            2\n        ]\n    },\n'
+        '    "c": "4 \\u00b1 1",\n    "d": "\\u00b1"\n}\n'
+    )
+
+
+def test_check_json_lists_then_fixes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "inference.json"
+    config.write_text('{"a": [1, 2]}')
+    assert check_json([str(config)]) == 1
+    assert f"{config}: not in the model zoo's JSON format" in capsys.readouterr().out
+    assert check_json(["--fix", str(config)]) == 0
+    assert check_json([str(config)]) == 0
+    assert config.read_text() == '{\n    "a": [\n        1,\n        2\n    ]\n}\n'
+
+
+def test_problems_are_found_one_line_each(tmp_path: Path) -> None:
+    bundle = tmp_path / "hippocampus_unet3d"
+    shutil.copytree(REPO_ROOT / "bundles" / "hippocampus_unet3d", bundle)
+    configs = bundle / "configs"
+    meta = json.loads((configs / "metadata.json").read_text())
+    del meta["required_packages_version"]["unet-monai"]
+    meta["version"] = "9.9.9"
+    meta["optional_packages_version"] = {"highdicom": "0.28.2"}
+    (configs / "metadata.json").write_text(zoo_json(json.dumps(meta)))
+    inference = json.loads((configs / "inference.json").read_text())
+    inference["dataset_dir"] = "../shared/data/msd-hippocampus/imagesTr"
+    (configs / "inference.json").write_text(json.dumps(inference))  # not the zoo's format
+    (bundle / "docs" / "data_license.txt").unlink()
+    (bundle / "models").mkdir(exist_ok=True)
+    (bundle / "models" / "model.pt").write_bytes(b"weights")
+    (bundle / "large_files.yml").write_text(
+        'large_files:\n  - path: "models/model.pt"\n    url: "https://example.org/model.pt"\n'
+        '    hash_val: "0000"\n    hash_type: "sha256"\n'
+    )
+    problems = zoo_problems(bundle)
+    sha256 = hashlib.sha256(b"weights").hexdigest()
+    assert problems == [
+        "no docs/data_license.txt",
+        "configs/inference.json: not in the zoo's JSON format (make format)",
+        "metadata.json: version 9.9.9 has no changelog entry",
+        "metadata.json: 'optional_packages_version' would replace required_packages_version",
+        "metadata.json: required_packages_version lacks unet-monai (the configs need it)",
+        "configs/inference.json: dataset_dir default '../shared/data/msd-hippocampus/imagesTr' "
+        "points outside the bundle's world (../ or temp)",
+        f"large_files.yml entry 1: models/model.pt has sha256 {sha256}, not 0000",
+        "hippocampus_unet3d ships models/model.pt: take it out of NO_SHIPPED_WEIGHTS",
+    ]
+
+
+def test_large_files_reader_takes_the_zoo_layout(tmp_path: Path) -> None:
+    path = tmp_path / "large_files.yml"
+    path.write_text(
+        "# comment\nlarge_files:\n- path: 'models/model.pt'\n  url: \"https://x/model.pt\"  # inline\n"
+        "  hash_val: abc\n  hash_type: sha256\n"
+    )
+    assert read_large_files(path) == [
+        {"path": "models/model.pt", "url": "https://x/model.pt", "hash_val": "abc", "hash_type": "sha256"}
+    ]
+    path.write_text("large_files:\n  models/model.pt\n")
+    with pytest.raises(ValueError, match="large_files.yml:2: expected"):
+        read_large_files(path)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[path.name for path in BUNDLES])
+def test_model_zoo_verify_bundle(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zoo's own ci/verify_bundle.py (``-m min``: files, large files, version and changelog, and the
+    metadata schema when ``MODEL_ZOO_SCHEMA`` names a local copy of it; the CI downloads it)."""
+    zoo = os.environ.get("MODEL_ZOO_DIR")
+    if not zoo or not (Path(zoo) / "ci" / "verify_bundle.py").is_file():
+        pytest.skip("MODEL_ZOO_DIR does not name a Project-MONAI/model-zoo checkout (ci/verify_bundle.py)")
+    pytest.importorskip("yaml", reason="the zoo reads large_files.yml through MONAI's ConfigParser (PyYAML)")
+    monkeypatch.syspath_prepend(str(Path(zoo) / "ci"))
+    verify_bundle = importlib.import_module("verify_bundle")
+    models = tmp_path / "models"
+    shutil.copytree(bundle, models / bundle.name)
+    (models / "model_info.json").write_text("{}")
+    if bundle.name in NO_SHIPPED_WEIGHTS:  # the zoo's own escape for bundles without models/model.pt
+        monkeypatch.setattr(verify_bundle, "exclude_verify_preferred_files_list", [bundle.name])
+    schema = os.environ.get("MODEL_ZOO_SCHEMA")
+    if schema:
+        (models / bundle.name / "eval").mkdir()
+        shutil.copy(schema, models / bundle.name / "eval" / "schema.json")
+    else:
+        monkeypatch.setattr(verify_bundle, "verify_metadata_format", lambda path: None)
+    verify_bundle.verify(bundle.name, str(models), mode="min")
+
+
+def _zoo_run(bundle: Path, dataset: Path, output: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "monai.bundle", "run", *ZOO_RUN, "--dataset_dir", str(dataset)]
+    command += ["--output_dir", str(output)]
+    return subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_zoo_style_run_from_inside_the_bundle_folder(tmp_path: Path) -> None:
+    """As a zoo user runs it: from the bundle folder, only the dataset given; weights here are random
+    (as the zoo's CI makes them), saved from the bundle's own network_def."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("hippocampus_001.nii.gz", "hippocampus_003.nii.gz"):
+        shutil.copy(require(HIPPOCAMPUS) / "imagesTr" / name, images / name)
+    bundle = tmp_path / "hippocampus_unet3d"
+    shutil.copytree(
+        REPO_ROOT / "bundles" / "hippocampus_unet3d", bundle, ignore=shutil.ignore_patterns("models")
+    )
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    (bundle / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+
+    done = _zoo_run(bundle, images, tmp_path / "masks")
+    assert done.returncode == 0, done.stderr[-3000:]
+    masks = sorted(path.name for path in (tmp_path / "masks").glob("*_seg.nii.gz"))
+    assert masks == ["hippocampus_001_seg.nii.gz", "hippocampus_003_seg.nii.gz"]
+
+    (tmp_path / "empty").mkdir()
+    for dataset, message in (
+        (tmp_path / "empty", f"dataset_dir: {tmp_path / 'empty'} holds no images"),
+        (tmp_path / "missing", f"dataset_dir: {tmp_path / 'missing'}: no such folder"),
+    ):
+        done = _zoo_run(bundle, dataset, tmp_path / "masks_none")
+        assert done.returncode == 1
+        assert done.stderr.strip().splitlines()[-1] == message
