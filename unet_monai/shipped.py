@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-import yaml
 
+from unet_monai.bundle_contract import read_large_files
 from unet_monai.io import write_bytes
 
 PACKED_FORMAT = "unet_monai_packed_weights"  # the key whose value names the packing (``int8-v1``)
@@ -91,14 +91,12 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def listed_files(bundle_root: str | Path) -> dict[str, dict]:
+def listed_files(bundle_root: str | Path) -> dict[str, dict[str, str]]:
     """The entries of ``BUNDLE/large_files.yml`` by their path relative to the bundle ({} without one)."""
     listing = Path(bundle_root) / "large_files.yml"
     if not listing.is_file():
         return {}
-    content = yaml.safe_load(listing.read_text()) or {}
-    entries = content.get("large_files", []) if isinstance(content, Mapping) else []
-    return {str(Path(e["path"])): e for e in entries if isinstance(e, Mapping) and "path" in e}
+    return {str(Path(e["path"])): e for e in read_large_files(listing) if e.get("path")}
 
 
 def verify_listed(bundle_root: str | Path, path: str | Path) -> bool | None:
