@@ -120,6 +120,7 @@ def test_precision_overrides_reach_monai_engines(synthetic_dataset: Path, tmp_pa
         bench_gpu.BUNDLES["hippocampus_unet3d"],
         "inference",
         handlers=[],
+        dataset_dir=str(synthetic_dataset / "imagesTr"),
         **bench_gpu.precision_overrides("bf16", "evaluator"),
     )
     inference.initialize()
