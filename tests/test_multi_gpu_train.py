@@ -127,6 +127,7 @@ def test_torchrun_two_cpu_processes_train_one_model(tmp_path: Path) -> None:
         "finalize": [
             "$print('rank', torch.distributed.get_rank(), 'items', sorted(@train#sampler), 'parameter sum', "
             "repr(float(sum(p.detach().double().sum() for p in @network.parameters()))))",
+            "$torch.distributed.barrier()",
             "$torch.distributed.destroy_process_group()",
         ],
     }
