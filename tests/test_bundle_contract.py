@@ -83,8 +83,15 @@ def test_problems_are_found_one_line_each(tmp_path: Path) -> None:
         "configs/inference.json: dataset_dir default '../shared/data/msd-hippocampus/imagesTr' "
         "points outside the bundle's world (../ or temp)",
         f"large_files.yml entry 1: models/model.pt has sha256 {sha256}, not 0000",
-        "hippocampus_unet3d ships models/model.pt: take it out of NO_SHIPPED_WEIGHTS",
     ]
+
+
+def test_a_bundle_listed_without_weights_that_has_some_is_named(tmp_path: Path) -> None:
+    bundle = tmp_path / "lgg_unet2d"
+    shutil.copytree(REPO_ROOT / "bundles" / "lgg_unet2d", bundle)
+    (bundle / "models").mkdir(exist_ok=True)
+    (bundle / "models" / "model.pt").write_bytes(b"weights")
+    assert zoo_problems(bundle) == ["lgg_unet2d ships models/model.pt: take it out of NO_SHIPPED_WEIGHTS"]
 
 
 def test_large_files_reader_takes_the_zoo_layout(tmp_path: Path) -> None:

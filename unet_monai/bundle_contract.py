@@ -30,7 +30,6 @@ NO_SHIPPED_WEIGHTS = frozenset(
         "brats_unet_variants",
         "em_cells_unet2d",
         "hipmri_unet2d",
-        "hippocampus_unet3d",
         "lgg_unet2d",
         "lv_dicom_unet2d",
     }
