@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from unet_monai.bundle import load_workflow
 from unet_monai.data.checks import BadInputError
-from unet_monai.io import OutputError, is_disk_full, stale_partials, write_json
+from unet_monai.io import OutputError, error_line, is_disk_full, stale_partials, write_json
 
 CASE_KEY = "batch_case"
 ERROR_KEY = "batch_error"
@@ -109,8 +109,7 @@ def problem(error: BaseException) -> str:
     cause = root_cause(error)
     if isinstance(cause, OutputError):
         return str(cause)
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0].strip()}" if lines else type(cause).__name__
+    return error_line(cause, with_type=True)
 
 
 def case_error(file: str, text: str) -> str:
@@ -218,8 +217,7 @@ def output_problem(path: Path) -> str | None:
                 while stream.read(1 << 20):
                     pass
     except Exception as error:
-        lines = str(error).strip().splitlines()
-        return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
+        return error_line(error, with_type=True)
     return None
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from unet_monai.io import error_line
 from unet_monai.shipped import is_packed, unpack
 
 __all__ = ["CheckpointError", "check_fits", "load_weights", "read_state_dict"]
@@ -28,11 +29,6 @@ _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHOR
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message is one line, ``<file>: <problem>``."""
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
 
 
 def pickle_globals(path: Path) -> list[str]:
@@ -84,14 +80,20 @@ def read_state_dict(path: str | Path, map_location: Any = "cpu") -> dict[str, to
                 f"{path}: refused: the file holds Python objects, not only weights (loading it would call "
                 f"{called}); it was not run. Only use checkpoints you trust"
             ) from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({error_line(error, with_type=True)})"
+        ) from None
     except Exception as error:  # truncated zip, text, garbage: torch raises many kinds
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({error_line(error, with_type=True)})"
+        ) from None
     if is_packed(state):  # compact shipped weights (unet_monai.shipped): back to float32
         try:
             state = unpack(state, path)
         except (KeyError, TypeError, AttributeError, RuntimeError) as error:
-            raise CheckpointError(f"{path}: damaged packed weights ({_first_line(error)})") from None
+            raise CheckpointError(
+                f"{path}: damaged packed weights ({error_line(error, with_type=True)})"
+            ) from None
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

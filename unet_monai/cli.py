@@ -543,10 +543,11 @@ def _root_cause(error: BaseException) -> BaseException:
 
 def _one_line(error: BaseException) -> str:
     """The error as one line: an OS error as ``<path>: <reason>``, others their message's first line."""
+    from unet_monai.io import error_line
+
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         return f"{error.filename}: {error.strerror}"
-    lines = str(error).strip().splitlines()
-    return lines[0].strip() if lines else type(error).__name__
+    return error_line(error)
 
 
 def _config_id(error: BaseException) -> str | None:

@@ -83,11 +83,19 @@ def _fsync_folder(folder: Path) -> None:
         os.close(handle)
 
 
+def error_line(error: BaseException, with_type: bool = False) -> str:
+    """An error's message as one line: its first line (``<type>: <first line>`` with ``with_type``), or the
+    type's name when the message is empty."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0].strip()}" if with_type else lines[0].strip()
+
+
 def _reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    return error_line(error)
 
 
 def _as_output_error(error: BaseException, final: Path) -> BaseException:
