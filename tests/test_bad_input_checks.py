@@ -22,7 +22,7 @@ import torch
 from tests import test_bad_input as corpus
 from tests.conftest import HIPPOCAMPUS, REPO_ROOT, require
 from tests.test_bad_input import TRAIN_2D, _msd_copy, assert_one_error, infer_args, run_cli, written_files
-from unet_monai.data.checks import BadInputError
+from unet_monai.checks import BadInputError
 from unet_monai.transforms import build_eval_transforms
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

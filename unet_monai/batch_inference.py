@@ -42,7 +42,7 @@ from monai.transforms import Compose, SaveImaged
 from tqdm import tqdm
 
 from unet_monai.bundle import load_workflow
-from unet_monai.data.checks import BadInputError
+from unet_monai.checks import BadInputError
 from unet_monai.io import OutputError, error_line, is_disk_full, stale_partials, write_json
 
 CASE_KEY = "batch_case"

@@ -18,7 +18,7 @@ from typing import Any
 from monai.bundle import ConfigComponent, ConfigParser, ConfigWorkflow
 from monai.bundle.utils import ID_SEP_KEY
 
-from unet_monai.data.checks import check_datalist, check_positive_int, check_writable_folder
+from unet_monai.checks import check_datalist, check_positive_int, check_writable_folder
 
 WORKFLOW_TYPES = {"train": "train", "evaluate": "train", "inference": "infer"}
 # This repository's own bundles; others get a warning that their configs run code.

@@ -534,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _root_cause(error: BaseException) -> BaseException:
     """The innermost error: MONAI's config parser and ``Compose`` wrap what a config expression or a
     transform raised in RuntimeErrors. A ``BadInputError`` (its message names the file) ends the walk."""
-    from unet_monai.data.checks import BadInputError
+    from unet_monai.checks import BadInputError
 
     while error.__cause__ is not None and not isinstance(error, BadInputError):
         error = error.__cause__

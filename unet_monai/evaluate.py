@@ -21,7 +21,7 @@ from monai.data.utils import affine_to_spacing
 from monai.transforms import LoadImage
 
 from unet_monai import report
-from unet_monai.data.checks import BadInputError, check_affine, check_nifti_header, read_error
+from unet_monai.checks import BadInputError, check_affine, check_nifti_header, read_error
 from unet_monai.data.datalists import IMAGE_SUFFIXES, NIFTI_SUFFIXES, case_name
 from unet_monai.io import write_text
 from unet_monai.metrics import METRICS, case_metrics

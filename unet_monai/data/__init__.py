@@ -1,6 +1,5 @@
-"""Datalists for the supported layouts and the synthetic data generator."""
+"""Dataset layouts: datalists for the supported layouts and the synthetic data generator."""
 
-from unet_monai.data.checks import BadInputError, check_datalist, check_image, check_label, check_pair
 from unet_monai.data.datalists import (
     case_name,
     folder_datalist,
@@ -11,11 +10,6 @@ from unet_monai.data.datalists import (
 from unet_monai.data.synthetic import make_synthetic_dataset
 
 __all__ = [
-    "BadInputError",
-    "check_datalist",
-    "check_image",
-    "check_label",
-    "check_pair",
     "case_name",
     "folder_datalist",
     "make_synthetic_dataset",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from monai.data import load_decathlon_datalist, partition_dataset
 
-from unet_monai.data.checks import BadInputError
+from unet_monai.checks import BadInputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Every single-file image format the pipeline reads: NIfTI, DICOM files, PNG and TIFF.

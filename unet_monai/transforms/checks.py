@@ -2,7 +2,7 @@
 
 ``CheckedLoadImaged`` is MONAI's ``LoadImaged`` with readers' failures (a truncated ``.nii.gz``, garbage
 bytes, a missing file) reported as ``"<path>: truncated or corrupt NIfTI (...)"``; ``CheckImaged``,
-``CheckLabeld`` and ``CheckPaird`` apply ``unet_monai.data.checks`` to what was loaded. MONAI wraps a
+``CheckLabeld`` and ``CheckPaird`` apply ``unet_monai.checks`` to what was loaded. MONAI wraps a
 transform's error in ``RuntimeError``s; the ``BadInputError`` stays their root cause, which the CLI prints.
 """
 
@@ -17,7 +17,7 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, LoadImaged, MapTransform
 from monai.utils import ImageMetaKey
 
-from unet_monai.data.checks import (
+from unet_monai.checks import (
     check_affine,
     check_image,
     check_label,
