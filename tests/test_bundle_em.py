@@ -32,9 +32,9 @@ from unet_monai.data.em_layout import (
     split_by_slice,
 )
 from unet_monai.em_metrics import AdaptedRandError, adapted_rand, binary_dice, em_scores
+from unet_monai.losses import WeightedCrossEntropyLoss
 from unet_monai.transforms.weight_map import (
     BorderWeightMapd,
-    WeightedCrossEntropyLoss,
     border_weight_map,
     class_balance_weights,
 )

@@ -1,8 +1,10 @@
 """Segmentation losses selectable by name from a bundle config.
 
-MONAI has every loss here but one: a multi-class focal Tversky loss (MONAI's
+MONAI has every loss here but two: a multi-class focal Tversky loss (MONAI's
 ``AsymmetricUnifiedFocalLoss`` is binary and its focal Tversky part is not exported).
-:class:`FocalTverskyLoss` builds it on MONAI's ``TverskyLoss``.
+:class:`FocalTverskyLoss` builds it on MONAI's ``TverskyLoss``; and the U-Net paper's pixel-weighted
+cross-entropy, :class:`WeightedCrossEntropyLoss`, which reads the border weight map
+(``unet_monai.transforms.weight_map``) as the label's second channel.
 
     "loss": {"_target_": "unet_monai.losses.create_loss", "name": "focal_tversky",
              "to_onehot_y": true, "softmax": true}
@@ -14,9 +16,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss, TverskyLoss
 
-__all__ = ["FocalTverskyLoss", "LOSS_NAMES", "create_loss"]
+__all__ = ["FocalTverskyLoss", "LOSS_NAMES", "WeightedCrossEntropyLoss", "create_loss"]
 
 
 class FocalTverskyLoss(nn.Module):
@@ -51,6 +54,43 @@ class FocalTverskyLoss(nn.Module):
         one_minus_tversky = self.tversky(input, target)  # (B, C), or (C,) with batch=True
         # The power's gradient is infinite at 0 (a perfect class); keep it finite.
         return one_minus_tversky.clamp(min=1e-6).pow(self.exponent).mean()
+
+
+class WeightedCrossEntropyLoss(nn.Module):
+    """Cross-entropy weighted per pixel, optionally plus (unweighted) soft Dice.
+
+    The target is ``(B, 1, ...)`` class indices, or ``(B, 2, ...)`` with the per-pixel weight as the
+    second channel (the border weight map). Without a weight channel every pixel weighs 1 (plain
+    cross-entropy), so one loss serves the runs with and without the weight map. The weighted sum is
+    divided by the sum of the weights: the weights shape the loss without changing its scale, so the
+    two runs share a learning rate.
+    """
+
+    def __init__(self, dice_weight: float = 0.0) -> None:
+        """
+        Args:
+            dice_weight: weight of MONAI's soft Dice loss (softmax, one-hot target) added to the
+                cross-entropy; 0 gives the paper's loss.
+        """
+        super().__init__()
+        self.dice_weight = dice_weight
+        self.dice = DiceLoss(to_onehot_y=True, softmax=True) if dice_weight > 0 else None
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.shape[1] not in (1, 2):
+            raise ValueError(
+                f"target must have 1 (class) or 2 (class, weight) channels, got {target.shape[1]}"
+            )
+        classes = target[:, :1]
+        cross_entropy = F.cross_entropy(input.float(), classes[:, 0].long(), reduction="none")
+        if target.shape[1] == 2:
+            weight = target[:, 1].float()
+            loss = (cross_entropy * weight).sum() / weight.sum().clamp_min(1e-8)
+        else:
+            loss = cross_entropy.mean()
+        if self.dice is not None:
+            loss = loss + self.dice_weight * self.dice(input, classes)
+        return loss
 
 
 def _cross_entropy(**kwargs) -> nn.Module:

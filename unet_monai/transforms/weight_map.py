@@ -1,4 +1,4 @@
-"""The U-Net paper's border weight map and the pixel-weighted cross-entropy that uses it.
+"""The U-Net paper's border weight map (read by ``unet_monai.losses.WeightedCrossEntropyLoss``).
 
 Ronneberger, Fischer and Brox, "U-Net: Convolutional Networks for Biomedical Image Segmentation",
 MICCAI 2015, eq. 2::
@@ -13,9 +13,10 @@ pixels between cells only (the membrane / background class): inside a cell ``d1`
 term would only blur the cell's edge.
 
 The map is computed once per label image (``BorderWeightMapd``, cached with the label) and then
-goes through the spatial augmentation beside the image and the label. ``WeightedCrossEntropyLoss``
-reads it as the label's second channel (``ConcatItemsd`` puts it there), so MONAI's
-``SupervisedTrainer`` needs no change: it passes ``(pred, label)`` to the loss as usual.
+goes through the spatial augmentation beside the image and the label.
+``unet_monai.losses.WeightedCrossEntropyLoss`` reads it as the label's second channel (``ConcatItemsd``
+puts it there), so MONAI's ``SupervisedTrainer`` needs no change: it passes ``(pred, label)`` to the
+loss as usual.
 """
 
 from __future__ import annotations
@@ -25,16 +26,13 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from monai.config import KeysCollection
-from monai.losses import DiceLoss
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
 from skimage.measure import label as connected_components
 
-__all__ = ["BorderWeightMapd", "WeightedCrossEntropyLoss", "border_weight_map", "class_balance_weights"]
+__all__ = ["BorderWeightMapd", "border_weight_map", "class_balance_weights"]
 
 # The border term is dropped where it is below this fraction of w0: d1 + d2 > sigma * sqrt(2 ln(1/TOL)).
 TOLERANCE = 1e-4
@@ -132,40 +130,3 @@ class BorderWeightMapd(MapTransform):
             )
             d[self.weight_key] = convert_to_dst_type(weight, label, dtype=torch.float32)[0]
         return d
-
-
-class WeightedCrossEntropyLoss(nn.Module):
-    """Cross-entropy weighted per pixel, optionally plus (unweighted) soft Dice.
-
-    The target is ``(B, 1, ...)`` class indices, or ``(B, 2, ...)`` with the per-pixel weight as the
-    second channel (the border weight map). Without a weight channel every pixel weighs 1 (plain
-    cross-entropy), so one loss serves the runs with and without the weight map. The weighted sum is
-    divided by the sum of the weights: the weights shape the loss without changing its scale, so the
-    two runs share a learning rate.
-    """
-
-    def __init__(self, dice_weight: float = 0.0) -> None:
-        """
-        Args:
-            dice_weight: weight of MONAI's soft Dice loss (softmax, one-hot target) added to the
-                cross-entropy; 0 gives the paper's loss.
-        """
-        super().__init__()
-        self.dice_weight = dice_weight
-        self.dice = DiceLoss(to_onehot_y=True, softmax=True) if dice_weight > 0 else None
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if target.shape[1] not in (1, 2):
-            raise ValueError(
-                f"target must have 1 (class) or 2 (class, weight) channels, got {target.shape[1]}"
-            )
-        classes = target[:, :1]
-        cross_entropy = F.cross_entropy(input.float(), classes[:, 0].long(), reduction="none")
-        if target.shape[1] == 2:
-            weight = target[:, 1].float()
-            loss = (cross_entropy * weight).sum() / weight.sum().clamp_min(1e-8)
-        else:
-            loss = cross_entropy.mean()
-        if self.dice is not None:
-            loss = loss + self.dice_weight * self.dice(input, classes)
-        return loss
