@@ -18,6 +18,7 @@ from typing import Any
 from monai.bundle import ConfigComponent, ConfigParser, ConfigWorkflow
 from monai.bundle.utils import ID_SEP_KEY
 
+from unet_monai.checkpoints import read_settings
 from unet_monai.checks import check_datalist, check_positive_int, check_writable_folder
 
 WORKFLOW_TYPES = {"train": "train", "evaluate": "train", "inference": "infer"}
@@ -160,11 +161,55 @@ def check_overrides(bundle_dir: str | Path, name: str, overrides: Mapping[str, A
         check_override(parser, key, value, source)
 
 
+def _same_setting(config_value: Any, saved: Any) -> bool:
+    """Whether a config's resolved value equals a saved setting (tuples and lists alike)."""
+    try:
+        return json.loads(json.dumps(config_value, default=str)) == saved
+    except (TypeError, ValueError):
+        return False
+
+
+def trained_settings(bundle_dir: str | Path, name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings saved in the checkpoint an inference / evaluation loads (``ckpt_path``) that differ
+    from the config's values and that ``overrides`` does not set: overrides used in training, applied
+    again so they need not be repeated (``unet_monai.checkpoints.TrainingSettings``). Ids the config
+    does not have are left out; a checkpoint without settings adds nothing."""
+    if name not in ("inference", "evaluate"):
+        return {}
+    parser = ConfigParser()
+    parser.read_config(config_files(bundle_dir, name))
+    parser.update(dict(overrides))
+    if "ckpt_path" not in parser:
+        return {}
+    try:
+        settings = read_settings(parser.get_parsed_content("ckpt_path"))
+    except Exception:  # a ckpt_path that does not resolve is reported when the workflow runs
+        return {}
+    if settings is None:
+        return {}
+    added: dict[str, Any] = {}
+    for key, saved in settings["values"].items():
+        if key in overrides or key not in parser:
+            continue
+        try:
+            current = parser.get_parsed_content(key)
+        except Exception:
+            continue
+        if not _same_setting(current, saved):
+            added[key] = saved
+    if added:
+        listed = ", ".join(f"{key}={json.dumps(value)}" for key, value in added.items())
+        logger.info("applying the settings the checkpoint was trained with: %s", listed)
+    return added
+
+
 def load_workflow(bundle_dir: str | Path, name: str, **overrides: Any) -> ConfigWorkflow:
     """Parse a bundle workflow with overrides (``"train#trainer#max_epochs": 2``, ``dataset_dir`` ...).
 
     Every override must name a config id of the workflow's configs (``check_overrides``): a typo is an
-    ``OverrideError`` naming it and the closest ids, not a value silently ignored.
+    ``OverrideError`` naming it and the closest ids, not a value silently ignored. An inference or
+    evaluation also takes the settings its checkpoint was trained with (``trained_settings``) unless
+    an override sets them.
 
     Args:
         bundle_dir: the bundle folder (holding ``configs/``).
@@ -177,6 +222,7 @@ def load_workflow(bundle_dir: str | Path, name: str, **overrides: Any) -> Config
     warn_untrusted(bundle_dir)
     overrides.setdefault("bundle_root", str(bundle_dir))
     check_overrides(bundle_dir, name, overrides)
+    overrides = trained_settings(bundle_dir, name, overrides) | overrides
     workflow = ConfigWorkflow(
         config_file=config_files(bundle_dir, name),
         meta_file=str(bundle_dir / "configs" / "metadata.json"),

@@ -5,10 +5,18 @@ file) and turns every way it can fail into a ``CheckpointError`` naming the file
 garbage or text file, a pickle carrying code (refused, naming what it would call), a file that holds no
 state_dict. ``check_fits`` compares a state_dict with a network and says what differs (missing and
 unexpected keys, the first shape mismatch, e.g. another class count), instead of PyTorch's many lines.
+
+A checkpoint also keeps the settings it was trained with: a bundle's ``training_settings``
+(``TrainingSettings``) is saved next to the model as ``{"model": ..., "settings": ...}``, holding the
+bundle's name and version and the values of the config ids that shape the network and its input
+(``num_classes``, ``roi_size``, network arguments, ...). ``read_settings`` returns them, and
+``unet_monai.bundle.load_workflow`` applies them at inference, so an override used in training need not
+be repeated.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import pickletools
 import re
@@ -22,7 +30,17 @@ import torch.nn as nn
 from unet_monai.io import error_line
 from unet_monai.shipped import is_packed, unpack
 
-__all__ = ["CheckpointError", "check_fits", "load_weights", "read_state_dict"]
+__all__ = [
+    "SETTINGS_KEY",
+    "CheckpointError",
+    "TrainingSettings",
+    "check_fits",
+    "load_weights",
+    "read_settings",
+    "read_state_dict",
+]
+
+SETTINGS_KEY = "settings"  # the checkpoint entry holding TrainingSettings.state_dict()
 
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING"}
 
@@ -133,3 +151,55 @@ def load_weights(network: nn.Module, path: str | Path) -> None:
     state = read_state_dict(path, map_location=device)
     check_fits(network, state, path)
     network.load_state_dict(state)
+
+
+def _plain(value: Any, name: str) -> Any:
+    """``value`` as JSON-safe Python (tuples and tensors as lists, paths and devices as text)."""
+
+    def simple(item: Any) -> Any:
+        if isinstance(item, torch.Tensor):
+            return item.tolist()
+        if isinstance(item, (torch.device, Path)):
+            return str(item)
+        raise TypeError(f"a {type(item).__name__} is not a setting")
+
+    try:
+        return json.loads(json.dumps(value, default=simple))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"training_settings: {name}: cannot be saved with a checkpoint ({error})") from None
+
+
+class TrainingSettings:
+    """The settings a network was trained with, saved inside its checkpoint (ignite calls
+    ``state_dict``): the bundle's name and version (from ``configs/metadata.json``) and ``values``, the
+    config ids that shape the network and its input, as resolved for this training run (so overrides
+    given on the command line are what is kept)."""
+
+    def __init__(self, bundle_root: str | Path, values: Mapping[str, Any]) -> None:
+        metadata_file = Path(bundle_root) / "configs" / "metadata.json"
+        metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
+        self.bundle = str(metadata.get("name", Path(bundle_root).name))
+        self.version = str(metadata.get("version", ""))
+        self.values = {str(name): _plain(value, str(name)) for name, value in values.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bundle": self.bundle, "version": self.version, "values": dict(self.values)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing to restore: a resumed run saves the settings of its own configs."""
+
+
+def read_settings(path: str | Path) -> dict[str, Any] | None:
+    """The ``TrainingSettings`` saved in checkpoint ``path`` (``{"bundle", "version", "values"}``), or
+    ``None`` for a checkpoint without them (a plain state_dict, weights from elsewhere)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # read_state_dict reports what is wrong with the file when it is loaded
+        return None
+    settings = state.get(SETTINGS_KEY) if isinstance(state, Mapping) else None
+    if not isinstance(settings, Mapping) or not isinstance(settings.get("values"), Mapping):
+        return None
+    return dict(settings)
