@@ -202,7 +202,7 @@ def test_bad_rank_variables_are_one_line(
 
 
 def test_distributed_device_checks_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
-    from unet_monai.training import distributed_device
+    from unet_monai.distributed import distributed_device
 
     for value, pattern in (("x", "LOCAL_RANK='x': not an integer"), ("-2", "LOCAL_RANK=-2: ")):
         monkeypatch.setenv("LOCAL_RANK", value)

@@ -316,7 +316,7 @@ def test_full_disk_dicom_seg(disk: FullDisk) -> None:
 CHECKPOINT_CODE = """
 from pathlib import Path
 from ignite.engine import Engine
-from unet_monai.training import AtomicCheckpointSaver, ResumeCheckpoint
+from unet_monai.handlers import AtomicCheckpointSaver, ResumeCheckpoint
 folder = Path({folder!r})
 network = torch.nn.Linear(300, 300)
 saver = AtomicCheckpointSaver(str(folder), {{"model": network}}, save_key_metric=True, key_metric_name="dice",

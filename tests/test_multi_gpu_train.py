@@ -99,7 +99,7 @@ def test_multi_gpu_config_builds_a_distributed_network(
 
 
 def test_distributed_device_outside_torchrun_says_how_to_launch(monkeypatch: pytest.MonkeyPatch) -> None:
-    from unet_monai.training import distributed_device
+    from unet_monai.distributed import distributed_device
 
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     with pytest.raises(RuntimeError, match="runs under torchrun"):

@@ -118,7 +118,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path: Path, synthe
 def test_resume_without_checkpoint_starts_at_epoch_one(tmp_path: Path) -> None:
     from ignite.engine import Engine
 
-    from unet_monai.training import ResumeCheckpoint
+    from unet_monai.handlers import ResumeCheckpoint
 
     network = torch.nn.Linear(2, 1)
     handler = ResumeCheckpoint(tmp_path / "models" / "resume.pt", {"model": network}, resume=True)
@@ -131,7 +131,7 @@ def test_resume_without_checkpoint_starts_at_epoch_one(tmp_path: Path) -> None:
 
 
 def test_resume_flag_must_be_a_boolean(tmp_path: Path) -> None:
-    from unet_monai.training import ResumeCheckpoint
+    from unet_monai.handlers import ResumeCheckpoint
 
     with pytest.raises(ValueError, match="resume must be true or false"):
         ResumeCheckpoint(tmp_path / "resume.pt", {"model": torch.nn.Linear(1, 1)}, resume="true")
@@ -142,7 +142,7 @@ def test_best_checkpoint_survives_a_failed_write(tmp_path: Path, monkeypatch: py
     previous model.pt whole and no temporary file (MONAI's CheckpointSaver deletes model.pt first)."""
     from ignite.engine import Engine
 
-    from unet_monai.training import AtomicCheckpointSaver
+    from unet_monai.handlers import AtomicCheckpointSaver
 
     network = torch.nn.Linear(2, 1)
     saver = AtomicCheckpointSaver(

@@ -247,9 +247,9 @@ def report_name(rank: int, world_size: int) -> str:
 def shard_from(text: str | None, environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
     """``(rank, world_size)`` from ``--shard I/N``, else torchrun's ``RANK`` / ``WORLD_SIZE``, else (0, 1).
 
-    The torchrun variables are checked (``unet_monai.training.rank_from_environment``): a rank outside
+    The torchrun variables are checked (``unet_monai.distributed.rank_from_environment``): a rank outside
     ``0 .. WORLD_SIZE-1``, or a value that is not an integer, is a ``ValueError`` naming the variable."""
-    from unet_monai.training import rank_from_environment
+    from unet_monai.distributed import rank_from_environment
 
     env_rank, env_world, _ = rank_from_environment(environ)
     if text is not None:
@@ -309,7 +309,7 @@ def run_batch_inference(
     if not os.access(output, os.W_OK):
         raise ValueError(f"{output}: output folder is not writable")
     overrides = {**(overrides or {}), "output_dir": str(output)}
-    from unet_monai.training import rank_from_environment
+    from unet_monai.distributed import rank_from_environment
 
     local_rank = rank_from_environment()[2] if world_size > 1 else None
     if local_rank is not None and torch.cuda.is_available() and "device" not in overrides:
