@@ -34,6 +34,7 @@ from monai.transforms import (
     Resized,
     ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
+    Spacingd,
     SpatialPadd,
     SqueezeDimd,
 )
@@ -41,7 +42,7 @@ from monai.transforms import (
 from unet_monai.transforms.checks import CheckedLoadImaged, CheckScaledd, CheckZScored, input_checks
 from unet_monai.transforms.slices import StackNeighbourSlicesd
 
-INTENSITY_METHODS = ("zscore", "percentile", "range", "none")
+INTENSITY_METHODS = ("zscore", "percentile", "range", "ct", "none")
 # NIfTI world axes: codes name the direction each axis points to (RAS+), as nibabel does.
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
@@ -77,6 +78,7 @@ def intensity_transform(
     upper: float = 99.5,
     a_min: float = 0.0,
     a_max: float = 1.0,
+    ct_stats: Sequence[float] | None = None,
 ) -> list:
     """Scale image intensities.
 
@@ -84,7 +86,9 @@ def intensity_transform(
         key: the image key.
         method: "zscore" (per image and channel mean / std), "percentile" (clip to the ``lower`` /
             ``upper`` percentiles and scale to [0, 1], as the LV project did with 5 / 95),
-            "range" (clip ``a_min``..``a_max`` to [0, 1], e.g. CT windows) or "none".
+            "range" (clip ``a_min``..``a_max`` to [0, 1], e.g. CT windows), "ct" (nnU-Net's CT
+            normalisation: clip to the dataset's foreground percentiles, then one z-score for the whole
+            dataset; ``ct_stats`` = [lower, upper, mean, std] from its fingerprint) or "none".
     """
     if method == "zscore":
         # Refused when the z-score would blank the image (an extreme voxel) or overflow float32.
@@ -104,6 +108,18 @@ def intensity_transform(
         return [
             ScaleIntensityRanged(keys=key, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True),
             CheckScaledd(key, "range"),
+        ]
+    if method == "ct":
+        if ct_stats is None or len(ct_stats) != 4 or not ct_stats[3] > 0 or not ct_stats[0] < ct_stats[1]:
+            raise ValueError(
+                f"intensity 'ct' needs ct_stats = [lower, upper, mean, std] with lower < upper and std > 0 "
+                f"(the dataset's foreground statistics), got {ct_stats!r}"
+            )
+        lower, upper, mean, std = (float(value) for value in ct_stats)
+        return [
+            ScaleIntensityRanged(keys=key, a_min=lower, a_max=upper, b_min=lower, b_max=upper, clip=True),
+            NormalizeIntensityd(keys=key, subtrahend=mean, divisor=std),
+            CheckScaledd(key, "ct"),
         ]
     if method == "none":
         return []
@@ -180,12 +196,21 @@ def patch_sampling(
     ]
 
 
-def _size_transforms(keys: Sequence[str], image_key: str, resize_to: Sequence[int] | None) -> list:
-    """Resize images (bilinear) and labels (nearest) to a fixed spatial size."""
-    if resize_to is None:
-        return []
+def _size_transforms(
+    keys: Sequence[str],
+    image_key: str,
+    resize_to: Sequence[int] | None,
+    pixdim: Sequence[float] | None = None,
+) -> list:
+    """Resample to a voxel spacing (``pixdim``, mm) and / or resize to a fixed spatial size: images
+    bilinear, labels nearest. ``Invertd`` undoes both, back to the file's grid."""
     modes = ["bilinear" if key == image_key else "nearest" for key in keys]
-    return [Resized(keys=keys, spatial_size=list(resize_to), mode=modes)]
+    transforms: list = []
+    if pixdim is not None:
+        transforms.append(Spacingd(keys=keys, pixdim=list(pixdim), mode=modes))
+    if resize_to is not None:
+        transforms.append(Resized(keys=keys, spatial_size=list(resize_to), mode=modes))
+    return transforms
 
 
 def _slice_sampling(
@@ -229,6 +254,8 @@ def build_train_transforms(
     percentiles: Sequence[float] = (0.5, 99.5),
     intensity_range: Sequence[float] = (0.0, 1.0),
     resize_to: Sequence[int] | None = None,
+    pixdim: Sequence[float] | None = None,
+    ct_stats: Sequence[float] | None = None,
     slice_axis: int | Sequence[int] | None = 2,
     neighbours: int = 0,
     roi_size: Sequence[int] = (64, 64),
@@ -248,6 +275,9 @@ def build_train_transforms(
     """Training chain: load, check, orient, scale, sample patches (slices for 2D networks), augment.
 
     Args:
+        pixdim: resample to this voxel spacing (mm per axis, after reorientation); ``None`` keeps the
+            file's grid.
+        ct_stats: [lower, upper, mean, std] for ``intensity="ct"``.
         slice_axis: for a 2D network on 3D volumes, the volume axis to slice along, or several
             (each volume then gives slices along one of them, chosen at random); ``None`` when the
             data are already 2D images or the network is 3D.
@@ -278,9 +308,9 @@ def build_train_transforms(
     checks = input_checks(image_key, label_key, image_dims, channels, num_classes, empty_ok)
     transforms = load_transforms(keys, reader=reader, axcodes=axcodes, checks=checks)
     transforms += intensity_transform(
-        image_key, intensity, percentiles[0], percentiles[1], intensity_range[0], intensity_range[1]
+        image_key, intensity, percentiles[0], percentiles[1], intensity_range[0], intensity_range[1], ct_stats
     )
-    transforms += _size_transforms(keys, image_key, resize_to)
+    transforms += _size_transforms(keys, image_key, resize_to, pixdim)
     transforms.append(EnsureTyped(keys=keys, dtype="float32", track_meta=False))
     spatial_dims = len(roi_size)
     if slice_axis is None:
@@ -313,6 +343,8 @@ def build_eval_transforms(
     percentiles: Sequence[float] = (0.5, 99.5),
     intensity_range: Sequence[float] = (0.0, 1.0),
     resize_to: Sequence[int] | None = None,
+    pixdim: Sequence[float] | None = None,
+    ct_stats: Sequence[float] | None = None,
     divisible_by: int | None = None,
     channels: int | None = 1,
     num_classes: int | None = None,
@@ -338,9 +370,9 @@ def build_eval_transforms(
     checks = input_checks(image_key, label_key, image_dims, channels, num_classes, empty_ok)
     transforms: list[MapTransform] = load_transforms(keys, reader=reader, axcodes=axcodes, checks=checks)
     transforms += intensity_transform(
-        image_key, intensity, percentiles[0], percentiles[1], intensity_range[0], intensity_range[1]
+        image_key, intensity, percentiles[0], percentiles[1], intensity_range[0], intensity_range[1], ct_stats
     )
-    transforms += _size_transforms(keys, image_key, resize_to)
+    transforms += _size_transforms(keys, image_key, resize_to, pixdim)
     if divisible_by is not None:
         transforms.append(DivisiblePadd(keys=keys, k=divisible_by))
     transforms.append(EnsureTyped(keys=keys, dtype="float32"))
