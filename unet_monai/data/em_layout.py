@@ -38,16 +38,13 @@ from monai.transforms import (
 )
 from PIL import Image
 
+from unet_monai.io import error_line
 from unet_monai.transforms.weight_map import BorderWeightMapd
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 MULTI_CHANNEL_MODES = ("RGB", "RGBA", "LA", "CMYK", "YCbCr", "HSV", "LAB", "P")
 # Label files: values below this are membrane.
 MEMBRANE_BELOW = 128
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _slice_number(path: Path) -> tuple[int, str]:
@@ -70,7 +67,7 @@ def check_image(path: str | Path) -> tuple[int, int]:
             image.load()
             size, mode = image.size, image.mode
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError ... for bad files
-        raise ValueError(f"{path}: unreadable or truncated image ({_one_line(error)})") from error
+        raise ValueError(f"{path}: unreadable or truncated image ({error_line(error)})") from error
     if mode in MULTI_CHANNEL_MODES:
         raise ValueError(f"{path}: image has {mode} channels; expected a single-channel (grey-scale) image")
     return size

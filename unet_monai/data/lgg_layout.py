@@ -38,6 +38,7 @@ from monai.transforms import (
     Resized,
 )
 
+from unet_monai.io import error_line
 from unet_monai.transforms.chains import augmentation_transforms, intensity_transform
 
 MASK_SUFFIX = "_mask"
@@ -46,11 +47,6 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 SLICE_NUMBER = re.compile(r"_(\d+)$")
 # The 8-bit range the original project divided by; "zscore" normalises per image and channel instead.
 UINT8_RANGE = (0.0, 255.0)
-
-
-def _one_line(error: BaseException) -> str:
-    """An exception's message on one line."""
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def read_tiff(path: str | Path) -> np.ndarray:
@@ -68,7 +64,7 @@ def read_tiff(path: str | Path) -> np.ndarray:
         image = reader.read(str(path))
         array, _ = reader.get_data(image)
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError ... for bad files
-        raise ValueError(f"{path}: unreadable or truncated TIFF ({_one_line(error)})") from error
+        raise ValueError(f"{path}: unreadable or truncated TIFF ({error_line(error)})") from error
     return np.asarray(array)
 
 

@@ -35,6 +35,7 @@ from monai.transforms import (
 )
 from PIL import Image
 
+from unet_monai.io import error_line
 from unet_monai.transforms.chains import augmentation_transforms, intensity_transform, patch_sampling
 
 # Where images and masks live for each section of the layout, relative to dataset_dir.
@@ -43,11 +44,6 @@ SECTIONS = {"training": ("training", "training"), "test": ("test", "test/GT")}
 GEOMETRY_TAGS = ("00200037", "00200032", "00280030")
 _TAG_KEY = re.compile(r"^[0-9A-F]{8}$")
 MULTI_CHANNEL_MODES = ("RGB", "RGBA", "LA", "CMYK", "YCbCr", "HSV", "LAB")
-
-
-def _one_line(error: BaseException) -> str:
-    """An exception's message on one line."""
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def check_dicom_image(path: str | Path) -> tuple[int, int]:
@@ -59,13 +55,13 @@ def check_dicom_image(path: str | Path) -> tuple[int, int]:
     try:
         ds = pydicom.dcmread(path)
     except Exception as error:  # pydicom raises InvalidDicomError, EOFError, OSError, struct.error ...
-        raise ValueError(f"{path}: not a readable DICOM file ({_one_line(error)})") from error
+        raise ValueError(f"{path}: not a readable DICOM file ({error_line(error)})") from error
     if "PixelData" not in ds:
         raise ValueError(f"{path}: DICOM file without pixel data (not an image)")
     try:
         pixels = ds.pixel_array
     except Exception as error:
-        raise ValueError(f"{path}: DICOM pixel data cannot be decoded ({_one_line(error)})") from error
+        raise ValueError(f"{path}: DICOM pixel data cannot be decoded ({error_line(error)})") from error
     if pixels.ndim != 2:
         raise ValueError(f"{path}: expected one 2D grey-scale image, got pixel data of shape {pixels.shape}")
     return int(ds.Rows), int(ds.Columns)
@@ -79,7 +75,7 @@ def check_mask(mask: Path, image: Path, rows: int, columns: int) -> None:
         with Image.open(mask) as png:
             width, height, mode = png.width, png.height, png.mode
     except Exception as error:
-        raise ValueError(f"{mask}: not a readable PNG mask ({_one_line(error)})") from error
+        raise ValueError(f"{mask}: not a readable PNG mask ({error_line(error)})") from error
     if (width, height) != (columns, rows):
         raise ValueError(
             f"{mask}: mask is {width}x{height} pixels but its image {image} is {columns}x{rows} "

@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from unet_monai.dicom.series import shown
-from unet_monai.io import atomic_output, output_path, safe_name
+from unet_monai.io import atomic_output, error_line, output_path, safe_name
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -381,11 +381,11 @@ def _is_ours_or_dicomweb(error: BaseException) -> bool:
 
 def _short_reason(error: BaseException) -> str:
     """The gist of a requests error on one line, e.g. 'connection refused' or '[Errno -2] Name or ...'."""
-    text = " ".join(str(error).split())
+    text = error_line(error)
     errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
     if errno:
         return "connection refused" if "Errno 111" in errno.group(0) else errno.group(0).strip()
-    return text[:200] or type(error).__name__
+    return text[:200]
 
 
 class _Outgoing(NamedTuple):
