@@ -5,7 +5,7 @@ else equal (seed, split, network, patches, epochs, learning rate), then evaluate
 checkpoint (``models/model.pt``) on the held-out test slices 25..29 with the bundle's
 ``evaluate.json``: pixel accuracy, F1 and IoU of the membrane pooled over the slices, and the mean
 adapted Rand error of the cells (lower is better). Per-slice scores are recomputed from the masks
-written (``unet_monai.em_metrics.em_scores``). As a second modality, each checkpoint also segments
+written (``unet_monai.metrics.em.em_scores``). As a second modality, each checkpoint also segments
 the DSB 2018 fluorescence nuclei image (``inference.json``, untuned); nuclei are compared, as the
 enclosed objects, with the predicted cells (Dice of ``mask > 0``).
 
@@ -30,7 +30,7 @@ from machine import machine_info
 from PIL import Image
 
 from unet_monai.bundle import parse_override, run_workflow
-from unet_monai.em_metrics import binary_dice, em_scores
+from unet_monai.metrics import binary_dice, em_scores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "em_cells_unet2d"

@@ -31,8 +31,8 @@ from unet_monai.data.em_layout import (
     em_datalist,
     split_by_slice,
 )
-from unet_monai.em_metrics import AdaptedRandError, adapted_rand, binary_dice, em_scores
 from unet_monai.losses import WeightedCrossEntropyLoss
+from unet_monai.metrics import AdaptedRandError, adapted_rand, binary_dice, em_scores
 from unet_monai.transforms.weight_map import (
     BorderWeightMapd,
     border_weight_map,

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice
 from monai.transforms import KeepLargestConnectedComponent
 from PIL import Image
 
 from unet_monai.data.lgg_layout import lgg_image_files, mask_path, patient_of
 from unet_monai.io import atomic_output, write_text
+from unet_monai.metrics import binary_dice
 
 SEG_POSTFIX = "_seg"
 
@@ -76,21 +76,13 @@ def keep_largest_tumour(images: Sequence[str | Path] | str | Path, pred_dir: str
     return removed
 
 
-def dice(predicted: np.ndarray, truth: np.ndarray) -> float:
-    """2 TP / (2 TP + FP + FN) over every pixel (MONAI's ``compute_dice``); 1.0 when both are empty."""
-    as_batch = [
-        torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None] for mask in (predicted, truth)
-    ]
-    return float(compute_dice(*as_batch, include_background=True, ignore_empty=False))
-
-
 def patient_dice(images: Sequence[str | Path] | str | Path, pred_dir: str | Path) -> dict[str, float]:
     """Each patient's Dice: its masks in ``pred_dir`` against the ``_mask.tif`` beside each image."""
     scores = {}
     for patient, slices in slices_by_patient(lgg_image_files(images, check=False)).items():
         predicted = np.stack([read_mask(predicted_mask_path(image, pred_dir)) for image in slices])
         truth = np.stack([read_mask(mask_path(image)) for image in slices])
-        scores[patient] = dice(predicted, truth)
+        scores[patient] = binary_dice(predicted, truth)
     return scores
 
 

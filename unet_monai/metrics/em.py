@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.metrics import CumulativeIterationMetric, compute_dice, get_confusion_matrix
+from monai.metrics import CumulativeIterationMetric, get_confusion_matrix
 from monai.metrics.confusion_matrix import compute_confusion_matrix_metric
 from monai.metrics.utils import do_metric_reduction
 from skimage.measure import label as connected_components
 from skimage.metrics import adapted_rand_error
 
-__all__ = ["AdaptedRandError", "adapted_rand", "binary_dice", "cell_regions", "em_scores"]
+__all__ = ["AdaptedRandError", "adapted_rand", "cell_regions", "em_scores"]
 
 
 def _membrane(mask: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -58,17 +58,6 @@ def _one_hot(membrane: np.ndarray) -> torch.Tensor:
     """(1, 2, H, W) float one-hot of a 2D bool membrane mask (channel 1 = membrane)."""
     mask = torch.as_tensor(membrane, dtype=torch.float32)
     return torch.stack([1.0 - mask, mask])[None]
-
-
-def binary_dice(pred: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor) -> float:
-    """Dice of two binary 2D masks (non-zero = foreground), with MONAI's ``compute_dice``."""
-    p = torch.as_tensor(np.asarray(pred) > 0, dtype=torch.float32)[None, None]
-    r = torch.as_tensor(np.asarray(reference) > 0, dtype=torch.float32)[None, None]
-    if p.shape != r.shape:
-        raise ValueError(
-            f"prediction shape {tuple(p.shape[2:])} differs from the reference's {tuple(r.shape[2:])}"
-        )
-    return float(compute_dice(p, r, include_background=True, ignore_empty=False)[0, 0])
 
 
 def em_scores(pred_membrane: np.ndarray | torch.Tensor, label_membrane: np.ndarray | torch.Tensor) -> dict:

@@ -1,9 +1,10 @@
-"""Per-class segmentation metrics for one case, computed with MONAI's metrics.
+"""Per-class segmentation metrics for one case, computed with MONAI's metrics, and the binary Dice.
 
 Each entry of ``METRICS`` maps a metric name to a function that takes a one-hot prediction and a one-hot
 reference of shape ``[1, C, *spatial]`` and the voxel spacing in mm (one value per spatial axis), and returns
 one value per foreground class (shape ``[1, C - 1]``). Only distance metrics (HD95) use the spacing.
-Adding a metric means adding one such function and one dict entry.
+Adding a metric means adding one such function and one dict entry. ``binary_dice`` is the Dice of two
+binary masks as one number (the LGG patient Dice, the EM studies); both come from MONAI.
 
 Metrics: ``dice``, ``iou``, ``precision`` (TP / (TP + FP)), ``recall`` (TP / (TP + FN), i.e. sensitivity)
 and ``hd95`` (the symmetric 95th-percentile Hausdorff distance between the two surfaces, in mm).
@@ -36,6 +37,7 @@ from monai.metrics import (
     DiceMetric,
     MeanIoU,
     compute_confusion_matrix_metric,
+    compute_dice,
     compute_hausdorff_distance,
     get_confusion_matrix,
 )
@@ -49,6 +51,18 @@ def dice(pred_onehot: torch.Tensor, label_onehot: torch.Tensor, spacing: Sequenc
     # A fresh metric object per call: MONAI's cumulative metrics keep a buffer of every call otherwise.
     metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
     return metric(pred_onehot, label_onehot)
+
+
+def binary_dice(pred: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor) -> float:
+    """Dice of two binary masks of any dimension (non-zero = foreground), with MONAI's ``compute_dice``:
+    2 TP / (2 TP + FP + FN) over every pixel; 1.0 when both are empty."""
+    p = torch.as_tensor(np.asarray(pred) > 0, dtype=torch.float32)[None, None]
+    r = torch.as_tensor(np.asarray(reference) > 0, dtype=torch.float32)[None, None]
+    if p.shape != r.shape:
+        raise ValueError(
+            f"prediction shape {tuple(p.shape[2:])} differs from the reference's {tuple(r.shape[2:])}"
+        )
+    return float(compute_dice(p, r, include_background=True, ignore_empty=False)[0, 0])
 
 
 def iou(pred_onehot: torch.Tensor, label_onehot: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
