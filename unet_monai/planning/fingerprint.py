@@ -195,8 +195,14 @@ def _loader() -> CheckedLoadImage:
 def _load(path: str | list[str]) -> tuple[np.ndarray, np.ndarray, str]:
     """(channel-first array, affine, dtype as stored) through the pipeline's reader; read failures are
     one ``BadInputError``."""
-    loaded = _loader()(path)
     first = path[0] if isinstance(path, list) else path
+    try:
+        loaded = _loader()(path)
+    except RuntimeError as error:
+        # ITK's readers (NRRD, MHA, TIFF) fail with RuntimeErrors, which ``read_error`` leaves alone.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        reason = next((line for line in lines if "ITK ERROR" in line or "Could not" in line), lines[0])
+        raise BadInputError(f"{first}: unreadable or corrupt image file ({reason})") from None
     check_geometry(loaded, str(first))
     return np.asarray(loaded), np.asarray(loaded.affine, dtype=np.float64), str(np.asarray(loaded).dtype)
 
@@ -371,6 +377,10 @@ def _run_cases(
                 for future in futures:
                     results.append(future.result())
                     bar.update()
+            except BadInputError as error:
+                pool.shutdown(wait=True, cancel_futures=True)
+                # Without the worker's traceback as its cause: the one line is the whole story.
+                raise BadInputError(str(error)) from None
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
