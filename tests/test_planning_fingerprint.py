@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import HIPPOCAMPUS, SPINALCORD
+from tests.conftest import HIPPOCAMPUS, SHARED_DATA, SPINALCORD
 from unet_monai.checks import BadInputError
 from unet_monai.planning.fingerprint import (
     fingerprint_dataset,
@@ -34,6 +34,7 @@ CLASS_2 = [4 * 4 * 4, 6 * 10 * 2]
 # (world RAS) of the array axes are the columns.
 PSR = np.array([[0, 0, 1], [-1, 0, 0], [0, 1, 0]], dtype=np.float64)
 LABELS = {"0": "background", "1": "one", "2": "two"}
+BRATS = SHARED_DATA / "brats2015-subset"
 
 
 def _label() -> np.ndarray:
@@ -253,6 +254,34 @@ def test_real_hippocampus_subset() -> None:
         assert 0.01 < one["classes"][value]["voxel_fraction"] < 0.06
         assert one["classes"][value]["objects_per_case"]["median"] == 1
     assert all(30 <= n <= 60 for n in one["geometry"]["shape"]["median"])
+
+
+@pytest.mark.skipif(not BRATS.is_dir(), reason=f"real data absent: {BRATS} (see shared/data)")
+def test_real_brats_as_a_two_channel_msd_folder(tmp_path: Path) -> None:
+    """BraTS as nnU-Net writes it: one file per channel, ``channel_names``, labels as name -> value."""
+    training = []
+    for patient in sorted(BRATS.glob("train/*"))[:2]:
+        channels = [str(patient / f"{name}_subtrMeanDivStd.nii.gz") for name in ("Flair", "T1c")]
+        training.append({"image": channels, "label": str(patient / "OTMultiClass.nii.gz")})
+    (tmp_path / "data").symlink_to(BRATS / "train")
+    training = [
+        {
+            "image": [p.replace(str(BRATS / "train"), "./data") for p in item["image"]],
+            "label": item["label"].replace(str(BRATS / "train"), "./data"),
+        }
+        for item in training
+    ]
+    labels = {"background": 0, "necrosis": 1, "edema": 2, "non-enhancing": 3, "enhancing": 4}
+    description = {"channel_names": {"0": "FLAIR", "1": "T1c"}, "labels": labels, "training": training}
+    (tmp_path / "dataset.json").write_text(json.dumps(description))
+    fingerprint = fingerprint_dataset(tmp_path, workers=2, progress=False)
+    assert fingerprint["channels"] == 2 and fingerprint["channel_names"] == ["FLAIR", "T1c"]
+    assert fingerprint["declared_labels"]["2"] == "edema"
+    assert fingerprint["geometry"]["shape"]["median"] == [240, 240, 155]
+    assert fingerprint["geometry"]["orientations"] == ["LPS"]
+    # z-scored in the brain (std 1.3 - 1.8 there), a constant fill value around it
+    assert [c["looks_normalised"] for c in fingerprint["intensity"]] == [True, True]
+    assert fingerprint["classes"]["2"]["cases_present"] == 2
 
 
 # --- bad input: one line naming the file and the problem ------------------------------------------
