@@ -99,10 +99,6 @@ def _axis_summary(rows: list[list[float]]) -> dict[str, list[float]]:
 # --- the dataset's cases --------------------------------------------------------------------------
 
 
-def _as_bad_input(error: FileNotFoundError) -> BadInputError:
-    return BadInputError(error_line(error))
-
-
 def _declared_labels(labels: object, dataset_json: Path) -> dict[int, str]:
     """``labels`` of a dataset.json as value -> name: MSD (``{"1": "liver"}``) or nnU-Net v2
     (``{"liver": 1}``; a region's list of values counts each value)."""
@@ -147,7 +143,7 @@ def msd_cases(data_dir: str | Path) -> tuple[list[dict], dict[int, str] | None, 
     try:
         items = msd_datalist(data_dir)
     except FileNotFoundError as error:
-        raise _as_bad_input(error) from None
+        raise BadInputError(error_line(error)) from None
     description = json.loads(dataset_json.read_text(encoding="utf-8"))
     if "labels" not in description:
         raise BadInputError(f"{dataset_json}: no 'labels' object (label value -> name)")
@@ -162,13 +158,12 @@ def folder_cases(images_dir: str | Path, labels_dir: str | Path) -> tuple[list[d
         if not folder.is_dir():
             raise BadInputError(f"{folder}: no such folder")
     items: list[dict] = []
-    for suffix in FOLDER_SUFFIXES:
-        if any(p.name.endswith(suffix) for p in images.glob(f"*{suffix}")):
+    for suffix in FOLDER_SUFFIXES:  # "*.nii" matches no "x.nii.gz": no file twice
+        if any(images.glob(f"*{suffix}")):
             try:
                 items += folder_datalist(images, labels, pattern=f"*{suffix}")
             except FileNotFoundError as error:
-                raise BadInputError(f"label file missing: {error_line(error)}") from None
-    # "*.nii" does not match "x.nii.gz", but "*.tif" would not match "x.tiff" either: no duplicates.
+                raise BadInputError(f"{labels}: label file missing ({error_line(error)})") from None
     if not items:
         raise BadInputError(f"{images}: empty dataset: no image files ({', '.join(FOLDER_SUFFIXES)})")
     items.sort(key=lambda item: item["image"])
@@ -306,7 +301,8 @@ def analyse_case(
     spacing, codes, ras_axis = _geometry(image_affine, spatial_dims)
     shape = [int(n) for n in image.shape[1:]]
     crop = _crop_shape(image)
-    labels = label[0].astype(np.int64, copy=False)
+    # Integer labels as stored (no int64 copy of a CT-sized map); float maps were checked to hold integers.
+    labels = label[0].astype(np.int32) if np.issubdtype(label.dtype, np.floating) else label[0]
     values, counts = np.unique(labels, return_counts=True)
     present = [int(v) for v in values]
     _check_declared(present, declared, label_path, source)
