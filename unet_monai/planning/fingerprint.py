@@ -286,7 +286,8 @@ def analyse_case(
     item: dict, index: int, samples: int, seed: int, declared: dict[int, str] | None, source: str
 ) -> tuple[dict[str, Any], list[np.ndarray], dict[int, list[int]]]:
     """One case's fingerprint, its sample of foreground intensities per channel, and its object sizes
-    per class. The sample is drawn with ``numpy.random.default_rng([seed, index])``."""
+    per class. The sample (the same voxels in every channel) is drawn with
+    ``numpy.random.default_rng([seed, index])``."""
     image_path, label_path = item["image"], str(item["label"])
     shown_path = str(image_path[0] if isinstance(image_path, list) else image_path)
     image, image_affine, dtype = _load(image_path)
@@ -308,12 +309,14 @@ def analyse_case(
     _check_declared(present, declared, label_path, source)
 
     foreground = labels > 0
-    rng = np.random.default_rng([seed, index])
+    # The same voxels for every channel (drawn with replacement, as nnU-Net does: each case counts equally).
+    count = int(foreground.sum())
+    picks = np.random.default_rng([seed, index]).integers(0, count, samples) if count else np.zeros(0, int)
     channels, sampled = [], []
     for channel in image:
         data = channel.astype(np.float32, copy=False)
         inside = data[foreground]
-        sampled.append(rng.choice(inside, samples, replace=True) if inside.size else inside[:0])
+        sampled.append(inside[picks])
         channels.append(
             {
                 "foreground": _foreground_statistics(inside),
