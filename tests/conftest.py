@@ -165,10 +165,12 @@ def assert_scripted_export_matches(
 
     configs = bundle / "configs"
     exported = tmp_path / "model.ts"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     ckpt_export(
         net_id="network_def",
         filepath=str(exported),
         ckpt_file=str(checkpoint),
+        key_in_ckpt="model" if "model" in state else "",  # {"model", "settings"} from a bundle's training
         meta_file=str(configs / "metadata.json"),
         config_file=str(configs / "inference.json"),
         bundle_root=str(bundle),
@@ -176,7 +178,6 @@ def assert_scripted_export_matches(
     )
     scripted = torch.jit.load(str(exported))
     network = load_workflow(bundle, "inference", **overrides).parser.get_parsed_content("network_def")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     # ignite's Checkpoint saves a one-object save_dict as the network's state_dict itself.
     network.load_state_dict(state.get("model", state))
     network.eval()

@@ -19,7 +19,14 @@ import pytest
 
 from tests.conftest import HIPPOCAMPUS, REPO_ROOT, require
 from tools.check_json import main as check_json
-from unet_monai.bundle_contract import NO_SHIPPED_WEIGHTS, read_large_files, zoo_json, zoo_problems
+from unet_monai.bundle_contract import (
+    NO_SHIPPED_WEIGHTS,
+    RECIPE_SWITCH_PENDING,
+    contract_problems,
+    read_large_files,
+    zoo_json,
+    zoo_problems,
+)
 
 BUNDLES = sorted(path for path in (REPO_ROOT / "bundles").iterdir() if (path / "configs").is_dir())
 ZOO_RUN = ["--bundle_root", ".", "--meta_file", "configs/metadata.json", "--config_file"]
@@ -31,8 +38,155 @@ def test_bundle_passes_the_model_zoo_checks(bundle: Path) -> None:
     assert zoo_problems(bundle) == []
 
 
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[path.name for path in BUNDLES])
+def test_bundle_keeps_the_contract(bundle: Path) -> None:
+    """bundles/CONTRACT.md: the same ids for the same settings, handlers by id, saved training settings,
+    overlays and shared blocks."""
+    assert contract_problems(bundle) == []
+
+
 def test_bundles_without_weights_are_real_bundles() -> None:
     assert NO_SHIPPED_WEIGHTS <= {path.name for path in BUNDLES}
+    assert RECIPE_SWITCH_PENDING <= {path.name for path in BUNDLES}
+
+
+def _edit(bundle: Path, name: str, change) -> None:  # noqa: ANN001
+    path = bundle / "configs" / name
+    config = json.loads(path.read_text())
+    changed = change(config)  # a new config, or the old one changed in place
+    path.write_text(zoo_json(json.dumps(changed if isinstance(changed, dict) else config)))
+
+
+def _drop(key: str):  # noqa: ANN202
+    return lambda config: {k: v for k, v in config.items() if k != key}
+
+
+def _unlisted_best_saver(config: dict) -> None:
+    config["validate"]["handlers"] = [
+        config["validate"]["best_saver"] if h == "@validate#best_saver" else h
+        for h in config["validate"]["handlers"]
+    ]
+
+
+def _positional_best_saver(config: dict) -> None:
+    for handler in config["train"]["handlers"]:
+        if handler["_target_"].endswith("ResumeCheckpoint"):
+            handler["best_saver"] = "@validate#handlers#2"
+
+
+def _resume_without_settings(config: dict) -> None:
+    for handler in config["train"]["handlers"]:
+        if handler["_target_"].endswith("ResumeCheckpoint"):
+            del handler["save_dict"]["settings"]
+
+
+# One defect each in a copy of lv_dicom_unet2d (it has a recipe overlay); the problem line that names it.
+DEFECTS = {
+    "missing id": ("train.json", _drop("max_epochs"), "configs/train.json: no 'max_epochs' (the contract)"),
+    "no ckpt_path": ("inference.json", _drop("ckpt_path"), "configs/inference.json: no 'ckpt_path'"),
+    "old id": (
+        "evaluate.json",
+        lambda c: {("eval_ckpt" if k == "ckpt_path" else k): v for k, v in c.items()},
+        "configs/evaluate.json: 'eval_ckpt' is the old id of 'ckpt_path'",
+    ),
+    "handler by position": (
+        "train.json",
+        _positional_best_saver,
+        "configs/train.json: '@validate#handlers#2' references a handler by list position",
+    ),
+    "best saver not listed by id": (
+        "train.json",
+        _unlisted_best_saver,
+        "configs/train.json: validate#handlers does not list '@validate#best_saver'",
+    ),
+    "train handler by reference": (
+        "train.json",
+        lambda c: c["train"]["handlers"].append("@validate#best_saver"),
+        "configs/train.json: train#handlers#7 is '@validate#best_saver', not a component",
+    ),
+    "epochs not from max_epochs": (
+        "train.json",
+        lambda c: c["train"]["trainer"].update(max_epochs=100),
+        "configs/train.json: train#trainer#max_epochs is not '@max_epochs'",
+    ),
+    "saver without settings": (
+        "train.json",
+        lambda c: c["validate"]["best_saver"]["save_dict"].pop("settings"),
+        "configs/train.json: validate#best_saver#save_dict: no 'settings': '@training_settings'",
+    ),
+    "resume without settings": (
+        "train.json",
+        _resume_without_settings,
+        "configs/train.json: train#handlers#6#save_dict: no 'settings': '@training_settings'",
+    ),
+    "setting only in train.json": (
+        "train.json",
+        lambda c: c["training_settings"]["values"].update(ce_weight="@ce_weight"),
+        "configs/train.json: training_settings#values#ce_weight: configs/inference.json has no 'ce_weight'",
+    ),
+    "settings without num_classes": (
+        "train.json",
+        lambda c: c["training_settings"]["values"].pop("num_classes"),
+        "configs/train.json: training_settings#values: no 'num_classes'",
+    ),
+    "recipe switch": (
+        "train.json",
+        lambda c: c.update(recipe="ours"),
+        "configs/train.json: 'recipe' switches",
+    ),
+    "overlay with a new id": (
+        "improved.json",
+        lambda c: c.update(learning_rat=0.1),
+        "configs/improved.json: 'learning_rat' is no id of configs/train.json",
+    ),
+    "classes unlike metadata": (
+        "inference.json",
+        lambda c: c.update(num_classes=3),
+        "configs/inference.json: num_classes 3 is not train.json's 2",
+    ),
+    "inference without the deploy ids": (
+        "inference.json",
+        _drop("postprocessing"),
+        "configs/inference.json: no 'postprocessing'",
+    ),
+    "shared block changed": (
+        "multi_gpu_train.json",
+        lambda c: c["finalize"].pop(),
+        "configs/multi_gpu_train.json: 'finalize' differs from hippocampus_unet3d's",
+    ),
+    "run not shared": (
+        "train.json",
+        lambda c: c["run"].insert(0, "$print('start')"),
+        "configs/train.json: run does not start with '$@train#trainer.run()'",
+    ),
+}
+
+
+@pytest.mark.parametrize("defect", DEFECTS)
+def test_each_contract_check_names_the_file_and_id(defect: str, tmp_path: Path) -> None:
+    bundle = tmp_path / "lv_dicom_unet2d"
+    shutil.copytree(REPO_ROOT / "bundles" / "lv_dicom_unet2d", bundle)
+    assert contract_problems(bundle) == []
+    name, change, expected = DEFECTS[defect]
+    _edit(bundle, name, change)
+    problems = contract_problems(bundle)
+    assert any(problem.startswith(expected) for problem in problems), problems
+
+
+def test_contract_file_checks_name_the_file(tmp_path: Path) -> None:
+    bundle = tmp_path / "lv_dicom_unet2d"
+    shutil.copytree(REPO_ROOT / "bundles" / "lv_dicom_unet2d", bundle)
+    (bundle / "configs" / "improved.json").write_text("{")
+    (bundle / "configs" / "logging.conf").write_text("[loggers]\nkeys=root\n")
+    readme = bundle / "docs" / "README.md"
+    (bundle / "configs" / "fast.json").write_text('{"max_epochs": 2}')
+    (bundle / "configs" / "evaluate.json").unlink()
+    problems = contract_problems(bundle)
+    assert problems[0].startswith("configs/improved.json: not JSON")
+    assert "configs/evaluate.json: missing (the contract's configs)" in problems
+    assert "configs/fast.json: docs/README.md does not document this recipe overlay" in problems
+    assert "configs/logging.conf: differs from hippocampus_unet3d's (the shared copy)" in problems
+    assert "configs/improved.json" in readme.read_text()
 
 
 def test_zoo_json_is_the_pretty_format_json_hook() -> None:

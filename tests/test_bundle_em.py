@@ -46,7 +46,7 @@ DSB = SHARED_DATA / "dsb2018-nuclei"
 EM_BUNDLE = REPO_ROOT / "bundles" / "em_cells_unet2d"
 CONFIGS = EM_BUNDLE / "configs"
 # A tiny network on small patches: one epoch takes seconds on one thread.
-TINY = {"network_def#features": 4, "patch_size": [128, 128]}
+TINY = {"network_def#features": 4, "roi_size": [128, 128]}
 SMOKE = {**TINY, "num_samples": 1, "batch_size": 4, "val_slices": [24], "train#trainer#max_epochs": 1}
 
 
@@ -305,7 +305,7 @@ def test_evaluate_on_the_held_out_slices(smoke_run: tuple[Path, str]) -> None:
 def test_infer_whole_slices_and_a_nuclei_image(smoke_run: tuple[Path, str], tmp_path: Path) -> None:
     """`unet-monai infer` on a 512x512 EM slice and on the DSB 2018 uint16 fluorescence TIFF."""
     root, _ = smoke_run
-    settings = ["--set", "network_def#features=4", "--set", "patch_size=[128,128]"]
+    settings = ["--set", "network_def#features=4", "--set", "roi_size=[128,128]"]
     nuclei = require(DSB) / "img2d.tif"
     for image in (EM / "test" / "3.png", nuclei):
         args = ["infer", "--bundle", str(EM_BUNDLE), "--input", str(image), "--output", str(tmp_path)]

@@ -37,7 +37,7 @@ CONFIGS = BUNDLE / "configs"
 # A tiny network and window: what every test trains and must then be told at inference.
 NETWORK = {"features": 4, "roi_size": [16, 16, 16]}
 TINY = {**NETWORK, "num_samples": 1, "batch_size": 2, "val_interval": 1, "sw_batch_size": 16}
-SMOKE = {**TINY, "epochs": 1}
+SMOKE = {**TINY, "max_epochs": 1}
 NETWORK_SETTINGS = [arg for key, value in NETWORK.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
 
 

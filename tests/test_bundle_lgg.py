@@ -34,7 +34,7 @@ PATIENT = "TCGA_CS_4941_19960909"
 # Two patients (28 + 20 slices), small images and a tiny network: one epoch takes seconds.
 SMOKE = {
     "patients": ["TCGA_CS_4942_19970222", "TCGA_CS_6668_20011025"],
-    "resize_to": [64, 64],
+    "roi_size": [64, 64],
     "network_def#features": 4,
     "batch_size": 8,
     "train#trainer#max_epochs": 1,
@@ -274,7 +274,7 @@ def test_evaluate_and_infer_with_the_trained_checkpoint(smoke_run: tuple[Path, s
     assert float(rows[1].split(",")[1]) == pytest.approx(expected, abs=1e-4)
     # `unet-monai infer` on a patient folder as it is: masks are skipped, one mask per image comes back.
     patient = LGG / "TCGA_CS_4942_19970222"
-    settings = ["--set", "resize_to=[64,64]", "--set", "network_def#features=4"]
+    settings = ["--set", "roi_size=[64,64]", "--set", "network_def#features=4"]
     args = ["infer", "--bundle", str(LGG_BUNDLE), "--input", str(patient), "--output", str(tmp_path)]
     assert cli_main(args + ["--checkpoint", str(root / "models" / "model.pt")] + settings) == 0
     masks = sorted(tmp_path.glob("*_seg.tif"))

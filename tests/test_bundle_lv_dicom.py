@@ -252,7 +252,7 @@ def test_improved_settings_layer_on_the_recipe() -> None:
     train = json.loads((CONFIGS / "train.json").read_text())
     inference = json.loads((CONFIGS / "inference.json").read_text())
     assert set(improved) <= set(train)
-    assert {"whole_image", "mirror_axes", "features", "norm", "percentiles", "crop_size"} <= set(inference)
+    assert {"whole_image", "mirror_axes", "features", "norm", "percentiles", "roi_size"} <= set(inference)
 
     recipe = load_workflow(LV_BUNDLE, "train").parser
     ours = ConfigWorkflow(

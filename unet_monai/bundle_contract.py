@@ -356,3 +356,280 @@ def zoo_problems(bundle_dir: str | Path) -> list[str]:
     if (bundle / "docs" / "README.md").is_file():
         problems += _readme_problems(bundle / "docs" / "README.md")
     return problems
+
+
+# --- This project's bundle contract (bundles/CONTRACT.md): the same setting has the same id everywhere.
+# Ids every train.json and inference.json defines at the top level.
+CONTRACT_IDS = (
+    "bundle_root",
+    "dataset_dir",
+    "output_dir",
+    "device",
+    "amp",
+    "network_def",
+    "network",
+    "num_classes",
+    "roi_size",
+    "datalist",
+)
+CONTRACT_TRAIN_IDS = (
+    "max_epochs",
+    "val_interval",
+    "learning_rate",
+    "batch_size",
+    "seed",
+    "ckpt_dir",
+    "resume",
+    "resume_checkpoint",
+    "training_settings",
+)
+# ckpt_path, and what MONAI Deploy's bundle inference operator reads (with metadata's image / pred).
+CONTRACT_INFERENCE_IDS = ("ckpt_path", "preprocessing", "inferer", "postprocessing")
+CONTRACT_EVALUATE_IDS = ("ckpt_path", "output_dir")
+# Old names of contract ids: a bundle using one has not been brought under the contract.
+RENAMED_IDS = {
+    "epochs": "max_epochs",
+    "patch_size": "roi_size",
+    "crop_size": "roi_size",
+    "eval_ckpt": "ckpt_path",
+    "eval_dir": "output_dir",
+}
+STANDARD_CONFIGS = ("metadata.json", "train.json", "inference.json", "evaluate.json", "multi_gpu_train.json")
+SETTINGS_TARGET = "unet_monai.checkpoints.TrainingSettings"
+# The reference copy of the shared blocks; ids of multi_gpu_train.json a bundle may define its own way.
+REFERENCE_BUNDLE = "hippocampus_unet3d"
+OWN_MULTI_GPU_IDS = frozenset({"train#sampler"})
+SHARED_FIRST = {
+    ("train.json", "initialize"): "$monai.utils.set_determinism(seed=@seed)",
+    ("train.json", "run"): "$@train#trainer.run()",
+    ("inference.json", "run"): "$@evaluator.run()",
+}
+# Bundles still switching recipes by an id (`recipe`) instead of a configs/<recipe>.json overlay; a
+# bundle leaves this list in the commit that moves its recipes into overlays.
+RECIPE_SWITCH_PENDING = frozenset({"lgg_unet2d"})
+POSITIONAL_HANDLER = re.compile(r"#handlers#\d")
+
+
+def _get(config: dict[str, Any], path: str) -> Any:
+    node: Any = config
+    for part in path.split("#"):
+        node = node[part] if isinstance(node, dict) else node[int(part)]
+    return node
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in (str(key), *_strings(value))]
+    if isinstance(node, list):
+        return [s for value in node for s in _strings(value)]
+    return [node] if isinstance(node, str) else []
+
+
+def _save_dicts(node: Any, where: str = "") -> list[tuple[str, Any]]:
+    """``(id, save_dict)`` of every component in ``node`` that has a ``save_dict``."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(node, dict):
+        if "save_dict" in node:
+            found.append((where, node["save_dict"]))
+        for key, value in node.items():
+            found += _save_dicts(value, f"{where}#{key}" if where else str(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _save_dicts(value, f"{where}#{index}")
+    return found
+
+
+def _settings_problems(train: dict[str, Any], inference: dict[str, Any]) -> list[str]:
+    name = "configs/train.json"
+    settings = train.get("training_settings")
+    if not isinstance(settings, dict):
+        return []  # reported as a missing id
+    problems: list[str] = []
+    if settings.get("_target_") != SETTINGS_TARGET:
+        problems.append(f"{name}: training_settings: _target_ is not {SETTINGS_TARGET}")
+    if settings.get("bundle_root") != "@bundle_root":
+        problems.append(f"{name}: training_settings: bundle_root is not @bundle_root")
+    values = settings.get("values")
+    if not isinstance(values, dict):
+        return [*problems, f"{name}: training_settings: no 'values' object"]
+    required = ["num_classes"]
+    if not str(train.get("roi_size", "")).startswith("$"):  # a derived roi_size is saved through its source
+        required.append("roi_size")
+    problems += [f"{name}: training_settings#values: no '{key}'" for key in required if key not in values]
+    for key, value in values.items():
+        if value != f"@{key}":
+            problems.append(f"{name}: training_settings#values#{key}: is {value!r}, not '@{key}'")
+        for other, config in (("train.json", train), ("inference.json", inference)):
+            if not _config_ids(config, key):
+                problems.append(
+                    f"{name}: training_settings#values#{key}: configs/{other} has no '{key}' "
+                    "(only ids of both configs are saved)"
+                )
+    savers = _save_dicts(train)
+    if not savers:
+        problems.append(f"{name}: no checkpoint saver (no save_dict)")
+    for where, save_dict in savers:
+        if not isinstance(save_dict, dict) or save_dict.get("settings") != "@training_settings":
+            problems.append(f"{name}: {where}#save_dict: no 'settings': '@training_settings'")
+    return problems
+
+
+def _handler_problems(train: dict[str, Any]) -> list[str]:
+    name = "configs/train.json"
+    problems: list[str] = []
+    saver = train.get("validate", {}).get("best_saver") if isinstance(train.get("validate"), dict) else None
+    if not (isinstance(saver, dict) and "CheckpointSaver" in str(saver.get("_target_", ""))):
+        problems.append(f"{name}: no 'validate#best_saver' (the best-model CheckpointSaver, defined by id)")
+    elif "@validate#best_saver" not in _strings(train.get("validate", {}).get("handlers", [])):
+        problems.append(f"{name}: validate#handlers does not list '@validate#best_saver'")
+    handlers = train.get("train", {}).get("handlers") if isinstance(train.get("train"), dict) else None
+    for index, handler in enumerate(handlers if isinstance(handlers, list) else []):
+        if not isinstance(handler, dict):
+            problems.append(
+                f"{name}: train#handlers#{index} is {handler!r}, not a component (MONAI's check_properties "
+                "reads each one's _target_)"
+            )
+    try:
+        if _get(train, "train#trainer#max_epochs") != "@max_epochs":
+            problems.append(f"{name}: train#trainer#max_epochs is not '@max_epochs'")
+    except (KeyError, IndexError, ValueError, TypeError):
+        pass  # reported by zoo_problems
+    return problems
+
+
+def _shared_problems(bundle: Path, configs: dict[str, dict[str, Any]], reference: Path) -> list[str]:
+    problems: list[str] = []
+    for (name, key), first in SHARED_FIRST.items():
+        value = configs.get(name, {}).get(key)
+        if name in configs and not (isinstance(value, list) and value and value[0] == first):
+            problems.append(f"configs/{name}: {key} does not start with {first!r} (the shared block)")
+    if bundle.resolve() == reference.resolve() or not (reference / "configs").is_dir():
+        return problems
+    mine, theirs = bundle / "configs" / "logging.conf", reference / "configs" / "logging.conf"
+    if mine.is_file() and theirs.is_file() and mine.read_text() != theirs.read_text():
+        problems.append(f"configs/logging.conf: differs from {reference.name}'s (the shared copy)")
+    if "multi_gpu_train.json" in configs:
+        shared = json.loads((reference / "configs" / "multi_gpu_train.json").read_text(encoding="utf-8"))
+        own = configs["multi_gpu_train.json"]
+        for key, value in shared.items():
+            if key in OWN_MULTI_GPU_IDS:
+                continue
+            if key not in own:
+                problems.append(f"configs/multi_gpu_train.json: no '{key}' (the shared block has it)")
+            elif own[key] != value:
+                problems.append(f"configs/multi_gpu_train.json: '{key}' differs from {reference.name}'s")
+        problems += [
+            f"configs/multi_gpu_train.json: '{key}' is not in the shared block"
+            for key in own
+            if key not in shared and key not in OWN_MULTI_GPU_IDS
+        ]
+    return problems
+
+
+def _overlay_problems(bundle: Path, name: str, overlay: Any, train: dict[str, Any]) -> list[str]:
+    if not isinstance(overlay, dict):
+        return [f"configs/{name}: a recipe overlay is a JSON object of config ids"]
+    problems = [
+        f"configs/{name}: '{key}' is no id of configs/train.json (an overlay only changes existing ids)"
+        for key in overlay
+        if not _config_ids(train, key)
+    ]
+    readme = bundle / "docs" / "README.md"
+    if readme.is_file() and f"configs/{name}" not in readme.read_text(encoding="utf-8"):
+        problems.append(f"configs/{name}: docs/README.md does not document this recipe overlay")
+    return problems
+
+
+def contract_problems(bundle_dir: str | Path, reference: str | Path | None = None) -> list[str]:
+    """What breaks this project's bundle contract (``bundles/CONTRACT.md``) in the bundle at
+    ``bundle_dir``, one line each naming the file and the id (empty when it conforms): the contract's
+    ids per config, no old names, ``ckpt_path`` wherever weights are loaded, handlers referenced by id
+    (never ``#handlers#<digit>``), ``training_settings`` saved by every checkpoint saver, recipe
+    overlays that parse and only change existing ids, and the shared blocks identical to the
+    reference bundle's copy (``reference``, default ``bundles/hippocampus_unet3d``)."""
+    bundle = Path(bundle_dir)
+    reference = (
+        Path(reference)
+        if reference is not None
+        else Path(__file__).resolve().parents[1] / "bundles" / REFERENCE_BUNDLE
+    )
+    configs: dict[str, Any] = {}
+    problems: list[str] = []
+    for path in sorted((bundle / "configs").glob("*.json")):
+        try:
+            configs[path.name] = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            problems.append(f"configs/{path.name}: not JSON ({error})")
+    for name in ("train.json", "inference.json", "evaluate.json"):
+        if name not in configs and not any(p.startswith(f"configs/{name}:") for p in problems):
+            problems.append(f"configs/{name}: missing (the contract's configs)")
+    train = configs.get("train.json", {})
+    inference = configs.get("inference.json", {})
+    evaluate = configs.get("evaluate.json", {})
+    wanted = (
+        ("train.json", (*CONTRACT_IDS, *CONTRACT_TRAIN_IDS)),
+        ("inference.json", (*CONTRACT_IDS, *CONTRACT_INFERENCE_IDS)),
+        ("evaluate.json", CONTRACT_EVALUATE_IDS),
+    )
+    for name, ids in wanted:
+        if isinstance(configs.get(name), dict):
+            problems += [
+                f"configs/{name}: no '{key}' (the contract)" for key in ids if key not in configs[name]
+            ]
+    for name, config in configs.items():
+        if name == "metadata.json" or not isinstance(config, dict):
+            continue
+        problems += [
+            f"configs/{name}: '{old}' is the old id of '{new}'"
+            for old, new in RENAMED_IDS.items()
+            if old in config
+        ]
+        if bundle.name not in RECIPE_SWITCH_PENDING:
+            problems += [
+                f"configs/{name}: '{key}' switches recipes by id (use a configs/<recipe>.json overlay)"
+                for key in ("recipe", "recipes")
+                if key in config
+            ]
+        for text in sorted({s for s in _strings(config) if POSITIONAL_HANDLER.search(s)}):
+            problems.append(f"configs/{name}: {text!r} references a handler by list position (use an id)")
+    for name, config in configs.items():
+        if name in STANDARD_CONFIGS or not name.endswith(".json"):
+            continue
+        problems += _overlay_problems(bundle, name, config, train)
+    if (
+        "ckpt_path" in inference
+        and "CheckpointLoader" in json.dumps(inference)
+        and "@ckpt_path" not in json.dumps(inference)
+    ):
+        problems.append("configs/inference.json: the checkpoint loader does not load '@ckpt_path'")
+    if "ckpt_path" in evaluate and "@ckpt_path" not in json.dumps(evaluate):
+        problems.append("configs/evaluate.json: nothing loads '@ckpt_path'")
+    if train and inference:
+        problems += _handler_problems(train)
+        problems += _settings_problems(train, inference)
+        classes = {train.get("num_classes"), inference.get("num_classes")}
+        if len(classes) > 1:
+            problems.append(
+                f"configs/inference.json: num_classes {inference.get('num_classes')} is not "
+                f"train.json's {train.get('num_classes')}"
+            )
+    meta = configs.get("metadata.json")
+    formats = meta.get("network_data_format") if isinstance(meta, dict) else None
+    if isinstance(formats, dict):
+        for side, key in (("inputs", "image"), ("outputs", "pred")):
+            if not (isinstance(formats.get(side), dict) and key in formats[side]):
+                problems.append(
+                    f"metadata.json: network_data_format {side} has no '{key}' (MONAI Deploy's names)"
+                )
+    if isinstance(meta, dict) and isinstance(inference.get("num_classes"), int):
+        try:
+            channels = int(meta["network_data_format"]["outputs"]["pred"]["num_channels"])
+        except (KeyError, TypeError, ValueError):
+            channels = None
+        if channels is not None and inference["num_classes"] != max(2, channels):
+            problems.append(
+                f"configs/inference.json: num_classes {inference['num_classes']} does not match "
+                f"metadata.json's {channels} output channel(s) (classes incl. background: {max(2, channels)})"
+            )
+    problems += _shared_problems(bundle, configs, reference)
+    return problems
