@@ -13,6 +13,8 @@ their own tracking setting (with MONAI's per-worker seeding of the random transf
 ``ValidateAtEnd``: validates the last epoch of a run that ValidationHandler's interval skipped, so a short run
 still validates and saves its checkpoint.
 
+``StopAfter``: ends training after the epoch that passes a time limit (planned bundles' budget).
+
 ``AxisEnsembleCheckpointLoader``: loads each member of an ``AxisEnsemble`` (one 2D network per
 slice direction) from its own checkpoint when the engine starts, as MONAI's ``CheckpointLoader``
 does for one network.
@@ -35,6 +37,7 @@ never missing or half-written either.
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -137,6 +140,35 @@ class ValidateAtEnd:
         epoch = engine.state.epoch
         if epoch % self.interval != 0:
             self.validator.run(epoch)
+
+
+class StopAfter:
+    """End training after the first epoch that finishes past ``minutes`` (counted from the start of the
+    run), so a time budget holds even where a run is slower than planned; ``None``: no limit. Whole
+    epochs only: ``ValidateAtEnd`` then validates and saves the last one, as for a run that ends
+    normally."""
+
+    def __init__(self, minutes: float | None) -> None:
+        if minutes is not None and not minutes > 0:
+            raise ValueError(f"time_limit_minutes: must be positive (or null for no limit), got {minutes}")
+        self.seconds = None if minutes is None else float(minutes) * 60.0
+        self.started = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.start)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def start(self, engine: Engine) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, engine: Engine) -> None:
+        if self.seconds is not None and time.monotonic() - self.started > self.seconds:
+            engine.logger.info(
+                "time limit of %.1f minutes reached after epoch %d: training stops",
+                self.seconds / 60,
+                engine.state.epoch,
+            )
+            engine.terminate()
 
 
 class BestMetric:

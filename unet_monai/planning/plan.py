@@ -191,7 +191,8 @@ def make_plan(
         patches = limits["step_voxels_2d"] // math.prod(roi_size)
         network_dims, features = 2, limits["features_2d"]
     num_samples = 2 if configuration == "3d" else 4
-    batch_size = max(1, min(16, patches) // num_samples)
+    training_cases = max(1, int(fingerprint.get("num_cases", 10)) * 4 // 5)  # a fold's training share
+    batch_size = max(1, min(min(16, patches) // num_samples, training_cases))
     reasons["patch"] = (
         f"median shape {[round(edge) for edge in shape]} at the target spacing -> patch {roi_size} "
         f"({depth} poolings to a >= {MIN_BOTTLENECK}-voxel bottleneck, a multiple of {2**depth}); "

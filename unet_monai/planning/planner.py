@@ -1,0 +1,74 @@
+"""``unet-monai plan``: fingerprint a dataset, plan, write the bundle, and fit its epochs to a budget.
+
+The order matters for honesty: the bundle is written first, then its own training and validation
+chains (parsed from its train.json, as training will parse them) are timed on a few of its cases with
+the planned network, and the epochs that fit the budget are written back into train.json, plan.json
+and the README.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from unet_monai.planning.budget import fit_epochs, measure_costs
+from unet_monai.planning.bundle_writer import write_bundle
+from unet_monai.planning.fingerprint import fingerprint_dataset
+from unet_monai.planning.plan import make_plan
+
+PROBE_CASES = 3
+logger = logging.getLogger(__name__)
+
+
+def default_device() -> str:
+    """ "cuda" where PyTorch sees a GPU, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def fit_budget(bundle: Path, plan: dict[str, Any], budget_minutes: float, num_folds: int) -> dict[str, Any]:
+    """Time the bundle's own chains and network, and return the plan with the epochs that fit."""
+    from unet_monai.bundle import load_workflow
+
+    parser = load_workflow(bundle, "train").parser
+    chains = (
+        parser.get_parsed_content("train#preprocessing"),
+        parser.get_parsed_content("validate#preprocessing"),
+    )
+    train, validation = parser.get_parsed_content("split")
+    costs = measure_costs(plan, chains, train[:PROBE_CASES])
+    fitted = fit_epochs(costs, len(train), len(validation), plan["batch_size"], budget_minutes)
+    logger.info("fold 0 of %d: %d training, %d validation cases", num_folds, len(train), len(validation))
+    return plan | fitted
+
+
+def plan_bundle(
+    output: str | Path,
+    data_dir: str | Path | None = None,
+    images_dir: str | Path | None = None,
+    labels_dir: str | Path | None = None,
+    budget_minutes: float | None = None,
+    configuration: str = "auto",
+    device: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    command: str = "unet-monai plan",
+) -> dict[str, Any]:
+    """Write a planned bundle to ``output`` from an MSD folder (``data_dir``) or ``images_dir`` +
+    ``labels_dir``; returns the plan (with ``max_epochs`` fitted when ``budget_minutes`` is given).
+
+    Raises:
+        BadInputError: the dataset has a problem (one line naming the file).
+        ValueError: a bad option, or a budget too small for one epoch (says how much would do).
+    """
+    fingerprint = fingerprint_dataset(data_dir, images_dir, labels_dir, workers=workers, progress=progress)
+    plan = make_plan(fingerprint, configuration=configuration, device=device or default_device())
+    dataset_dir = data_dir if data_dir is not None else images_dir
+    arguments = (fingerprint, dataset_dir, labels_dir if data_dir is None else None)
+    bundle = write_bundle(output, plan, *arguments, command=command)
+    if budget_minutes is not None:
+        plan = fit_budget(bundle, plan, budget_minutes, num_folds=5)
+        write_bundle(output, plan, *arguments, command=command)
+    return plan
