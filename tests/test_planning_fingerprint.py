@@ -165,6 +165,28 @@ def test_4d_image_with_channels_last(tmp_path: Path) -> None:
     assert second["percentile_99_5"] == pytest.approx(2 * first["percentile_99_5"], rel=1e-4)
 
 
+def test_nnunet_raw_layout(tmp_path: Path, msd_fingerprint: dict) -> None:
+    """nnU-Net v2's raw folder: no training list, one imagesTr/<case>_<XXXX> file per channel."""
+    root = write_msd(tmp_path / "raw")
+    for image in sorted((root / "imagesTr").glob("*.nii.gz")):
+        image.rename(image.with_name(image.name.replace(".nii.gz", "_0000.nii.gz")))
+    description = {
+        "channel_names": {"0": "MRI"},
+        "labels": {"background": 0, "one": 1, "two": 2},
+        "numTraining": 4,
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(description))
+    fingerprint = fingerprint_dataset(root, workers=1, progress=False)
+    for key in ("geometry", "intensity", "classes", "label_values"):
+        assert fingerprint[key] == msd_fingerprint[key]
+    assert [c["case"] for c in fingerprint["cases"]] == [f"case_{i:03d}" for i in range(4)]
+    (root / "imagesTr" / "case_001_0000.nii.gz").unlink()
+    with pytest.raises(BadInputError) as error:
+        fingerprint_dataset(root, workers=1, progress=False)
+    _one_line(error, str(root / "imagesTr" / "case_001_0000.nii.gz"), "no such file", "nnU-Net layout")
+
+
 def test_same_result_with_one_and_two_workers(msd: Path, msd_fingerprint: dict) -> None:
     assert fingerprint_dataset(msd, workers=2, progress=False) == msd_fingerprint
 

@@ -1,7 +1,8 @@
 """The dataset fingerprint: what a planner needs to know about a user's labelled images.
 
 Input: an MSD folder (``dataset.json`` with ``modality`` or ``channel_names``, ``labels`` and a
-``training`` list; 4D images with channels last as MSD ships them, or a list of files per channel) or a
+``training`` list; 4D images with channels last as MSD ships them, or a list of files per channel), an
+nnU-Net v2 raw folder (no list: ``imagesTr/<case>_<XXXX><ending>``, ``labelsTr/<case><ending>``) or a
 folder of images and a folder of labels paired by file name (NIfTI, NRRD, MHA, PNG, TIFF). Images are read
 as the pipeline reads them (MONAI's ``LoadImage``, channel first).
 
@@ -132,8 +133,35 @@ def _channel_names(description: dict, dataset_json: Path) -> list[str] | None:
     return [str(names[k]) for k in sorted(names, key=int)]
 
 
+def nnunet_raw_items(root: Path, description: dict, dataset_json: Path) -> list[dict]:
+    """Cases of nnU-Net v2's raw layout: ``labelsTr/<case><ending>`` and one
+    ``imagesTr/<case>_<XXXX><ending>`` per channel of ``channel_names``."""
+    ending = str(description["file_ending"])
+    channels = len(_channel_names(description, dataset_json) or [])
+    if channels == 0:
+        raise BadInputError(f"{dataset_json}: no 'channel_names' (nnU-Net layout: channel index -> name)")
+    labels = sorted((root / "labelsTr").glob(f"*{ending}"))
+    if not labels:
+        raise BadInputError(f"{root / 'labelsTr'}: empty dataset: no label files ending in {ending}")
+    items = []
+    for label in labels:
+        case = label.name[: -len(ending)]
+        images = [root / "imagesTr" / f"{case}_{channel:04d}{ending}" for channel in range(channels)]
+        missing = [path for path in images if not path.is_file()]
+        if missing:
+            raise BadInputError(
+                f"{missing[0]}: no such file (nnU-Net layout: imagesTr/{case}_XXXX{ending} for each of the "
+                f"{channels} channel(s) of dataset.json, beside {label})"
+            )
+        items.append(
+            {"image": [str(p) for p in images] if channels > 1 else str(images[0]), "label": str(label)}
+        )
+    return items
+
+
 def msd_cases(data_dir: str | Path) -> tuple[list[dict], dict[int, str] | None, list[str] | None, str]:
-    """Cases, declared labels, channel names and the source name of an MSD folder."""
+    """Cases, declared labels, channel names and the source name of an MSD folder (a ``training`` list) or
+    of nnU-Net v2's raw layout (no list; ``file_ending`` and ``channel_names``)."""
     dataset_json = Path(data_dir).resolve() / "dataset.json"
     if not dataset_json.is_file():
         raise BadInputError(
@@ -141,10 +169,16 @@ def msd_cases(data_dir: str | Path) -> tuple[list[dict], dict[int, str] | None, 
             "(--images DIR --labels DIR)"
         )
     try:
-        items = msd_datalist(data_dir)
-    except FileNotFoundError as error:
-        raise BadInputError(error_line(error)) from None
-    description = json.loads(dataset_json.read_text(encoding="utf-8"))
+        description = json.loads(dataset_json.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        description = None  # msd_datalist says what is wrong with it
+    if isinstance(description, dict) and "training" not in description and "file_ending" in description:
+        items = nnunet_raw_items(dataset_json.parent, description, dataset_json)
+    else:
+        try:
+            items = msd_datalist(data_dir)
+        except FileNotFoundError as error:
+            raise BadInputError(error_line(error)) from None
     if "labels" not in description:
         raise BadInputError(f"{dataset_json}: no 'labels' object (label value -> name)")
     labels = _declared_labels(description["labels"], dataset_json)
@@ -171,8 +205,8 @@ def folder_cases(images_dir: str | Path, labels_dir: str | Path) -> tuple[list[d
 
 
 def _case_id(item: dict) -> str:
-    first = item["image"][0] if isinstance(item["image"], list) else item["image"]
-    name = case_name(first)
+    """The case's name: its label file's name without the suffix (images may carry a channel index)."""
+    name = case_name(item["label"])
     for suffix in FOLDER_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
