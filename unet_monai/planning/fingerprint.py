@@ -204,6 +204,11 @@ def folder_cases(images_dir: str | Path, labels_dir: str | Path) -> tuple[list[d
     return items, f"{images} + {labels}"
 
 
+def _first_path(image: str | list[str]) -> str:
+    """An image's file (its first, when each channel has its own file)."""
+    return str(image[0] if isinstance(image, list) else image)
+
+
 def _case_id(item: dict) -> str:
     """The case's name: its label file's name without the suffix (images may carry a channel index)."""
     name = case_name(item["label"])
@@ -231,7 +236,7 @@ def _loader() -> CheckedLoadImage:
 def _load(path: str | list[str]) -> tuple[np.ndarray, np.ndarray, str]:
     """(channel-first array, affine, dtype as stored) through the pipeline's reader; read failures are
     one ``BadInputError``."""
-    first = path[0] if isinstance(path, list) else path
+    first = _first_path(path)
     try:
         loaded = _loader()(path)
     except RuntimeError as error:
@@ -323,7 +328,7 @@ def analyse_case(
     per class. The sample (the same voxels in every channel) is drawn with
     ``numpy.random.default_rng([seed, index])``."""
     image_path, label_path = item["image"], str(item["label"])
-    shown_path = str(image_path[0] if isinstance(image_path, list) else image_path)
+    shown_path = _first_path(image_path)
     image, image_affine, dtype = _load(image_path)
     label, label_affine, _ = _load(label_path)
     check_image(image, shown_path, allow_constant=True)
@@ -344,8 +349,8 @@ def analyse_case(
 
     foreground = labels > 0
     # The same voxels for every channel (drawn with replacement, as nnU-Net does: each case counts equally).
-    count = int(foreground.sum())
-    picks = np.random.default_rng([seed, index]).integers(0, count, samples) if count else np.zeros(0, int)
+    voxels = int(foreground.sum())
+    picks = np.random.default_rng([seed, index]).integers(0, voxels, samples) if voxels else np.zeros(0, int)
     channels, sampled = [], []
     for channel in image:
         data = channel.astype(np.float32, copy=False)
@@ -437,8 +442,9 @@ def _run_cases(
 def _check_consistent(cases: list[dict[str, Any]], channel_names: list[str] | None, source: str) -> None:
     """Every case has the declared (else the first case's) channel count and spatial dimensions."""
     first = cases[0]
+    first_path = _first_path(first["image"])
     for case in cases:
-        path = case["image"][0] if isinstance(case["image"], list) else case["image"]
+        path = _first_path(case["image"])
         if channel_names is not None and case["channels"] != len(channel_names):
             raise BadInputError(
                 f"{path}: {case['channels']} channel(s), but {source} declares {len(channel_names)} "
@@ -446,12 +452,12 @@ def _check_consistent(cases: list[dict[str, Any]], channel_names: list[str] | No
             )
         if case["channels"] != first["channels"]:
             raise BadInputError(
-                f"{path}: {case['channels']} channel(s), but {first['image']} has {first['channels']}; "
+                f"{path}: {case['channels']} channel(s), but {first_path} has {first['channels']}; "
                 "every case needs the same channels"
             )
         if case["spatial_dims"] != first["spatial_dims"]:
             raise BadInputError(
-                f"{path}: {case['spatial_dims']}D image, but {first['image']} is {first['spatial_dims']}D; "
+                f"{path}: {case['spatial_dims']}D image, but {first_path} is {first['spatial_dims']}D; "
                 "every case needs the same dimensions"
             )
 
