@@ -144,6 +144,21 @@ DEFECTS = {
         lambda c: c.update(num_classes=3),
         "configs/inference.json: num_classes 3 is not train.json's 2",
     ),
+    "network unlike training": (
+        "inference.json",
+        lambda c: c["network_def"].update(depth=3),
+        "configs/inference.json: network_def is not train.json's",
+    ),
+    "setting with two defaults": (
+        "inference.json",
+        lambda c: c.update(features=16),
+        "configs/inference.json: features 16 is not train.json's 32",
+    ),
+    "metadata channels unlike the network": (
+        "metadata.json",
+        lambda c: c["network_data_format"]["inputs"]["image"].update(num_channels=3),
+        "metadata.json: image num_channels 3 is not network_def's in_channels 1",
+    ),
     "inference without the deploy ids": (
         "inference.json",
         _drop("postprocessing"),

@@ -465,6 +465,15 @@ def _settings_problems(train: dict[str, Any], inference: dict[str, Any]) -> list
                     f"{name}: training_settings#values#{key}: configs/{other} has no '{key}' "
                     "(only ids of both configs are saved)"
                 )
+        if (
+            _config_ids(train, key)
+            and _config_ids(inference, key)
+            and _get(train, key) != _get(inference, key)
+        ):
+            problems.append(
+                f"configs/inference.json: {key} {_get(inference, key)!r} is not train.json's "
+                f"{_get(train, key)!r} (a setting has one default)"
+            )
     savers = _save_dicts(train)
     if not savers:
         problems.append(f"{name}: no checkpoint saver (no save_dict)")
@@ -607,6 +616,12 @@ def contract_problems(bundle_dir: str | Path, reference: str | Path | None = Non
     if train and inference:
         problems += _handler_problems(train)
         problems += _settings_problems(train, inference)
+        if (
+            "network_def" in train
+            and "network_def" in inference
+            and train["network_def"] != inference["network_def"]
+        ):
+            problems.append("configs/inference.json: network_def is not train.json's (one network)")
         classes = {train.get("num_classes"), inference.get("num_classes")}
         if len(classes) > 1:
             problems.append(
@@ -621,6 +636,14 @@ def contract_problems(bundle_dir: str | Path, reference: str | Path | None = Non
                 problems.append(
                     f"metadata.json: network_data_format {side} has no '{key}' (MONAI Deploy's names)"
                 )
+    in_channels = inference.get("network_def", {}).get("in_channels") if isinstance(inference, dict) else None
+    if isinstance(formats, dict) and isinstance(in_channels, int):
+        image = formats.get("inputs", {}).get("image", {}) if isinstance(formats.get("inputs"), dict) else {}
+        if isinstance(image, dict) and image.get("num_channels") != in_channels:
+            problems.append(
+                f"metadata.json: image num_channels {image.get('num_channels')} is not network_def's "
+                f"in_channels {in_channels}"
+            )
     if isinstance(meta, dict) and isinstance(inference.get("num_classes"), int):
         try:
             channels = int(meta["network_data_format"]["outputs"]["pred"]["num_channels"])
