@@ -53,7 +53,7 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import Compose, Randomizable, ToDeviced
 
 from unet_monai.bundle import load_workflow
-from unet_monai.networks.axis_ensemble import AxisEnsemble
+from unet_monai.networks.ensemble import AxisEnsemble
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = {

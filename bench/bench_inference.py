@@ -39,7 +39,7 @@ from monai.engines.utils import IterationEvents
 
 from unet_monai.bundle import load_workflow, parse_override
 from unet_monai.inference import BFloat16Inferer
-from unet_monai.networks.axis_ensemble import AxisEnsemble
+from unet_monai.networks.ensemble import AxisEnsemble
 from unet_monai.transforms.slices import stack_neighbour_slices
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

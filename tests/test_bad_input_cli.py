@@ -406,12 +406,12 @@ def test_missing_bundle_input_and_checkpoint_exit_2(
 def test_out_of_memory_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import unet_monai.cli as cli
+    import unet_monai.jobs as jobs
 
-    def no_memory(args: object) -> int:
+    def no_memory() -> int:
         raise MemoryError()
 
-    monkeypatch.setattr(cli, "cmd_networks", no_memory)
+    monkeypatch.setattr(jobs, "networks", no_memory)
     code, _, err = run_cli(["networks"], capsys)
     assert_one_error(code, err, r"^error: out of memory \(MemoryError")
 

@@ -10,7 +10,7 @@ import torch
 
 from unet_monai.checkpoints import CheckpointError, load_weights, read_state_dict
 from unet_monai.networks import AxisEnsemble, RonnebergerUNet, available_member_checkpoints, axis_ensemble
-from unet_monai.networks.axis_ensemble import load_member_checkpoints
+from unet_monai.networks.ensemble import load_member_checkpoints
 from unet_monai.shipped import pack_files, pack_int8, sha256, unpack, verify_listed
 
 

@@ -23,9 +23,10 @@ import torch
 from nibabel.filebasedimages import ImageFileError
 from nibabel.openers import ImageOpener
 
+from unet_monai.io import NIFTI_SUFFIXES
+
 # Errors image readers raise for truncated or damaged files (nibabel, gzip, zlib, PIL, ITK).
 READ_ERRORS = (EOFError, OSError, zlib.error, gzip.BadGzipFile, ImageFileError, struct.error)
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DATALIST_KEYS = ("image", "label")
 # Affines of an image and its label agree to this (mm, and direction cosines): NIfTI stores them as float32.
 AFFINE_ATOL = 1e-3

@@ -1,19 +1,21 @@
-"""The ``unet-monai`` command line: demo, train, infer, evaluate, networks, pacs."""
+"""The ``unet-monai`` command line: demo, train, infer, evaluate, networks, pacs.
+
+This module only parses options: each command calls its job in ``unet_monai.jobs`` with plain
+arguments. Nothing heavy is imported here, so ``unet-monai --help`` answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import inspect
 import os
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
-from unet_monai.data.datalists import IMAGE_SUFFIXES
+from unet_monai import jobs
 
 DEBUG_ENV = "UNET_MONAI_DEBUG"  # set (not 0) to show the traceback of an error instead of one line
-# Config ids ``infer`` sets itself from its options: a --set of them would be overridden or clash.
-INFER_OWN_IDS = ("datalist", "dataset#data", "output_dir")
 
 
 class CommandError(SystemExit):
@@ -30,314 +32,29 @@ class CommandError(SystemExit):
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    """The ``--set key=value`` overrides as a dict, with those ``infer --checkpoint`` adds
-    (``checkpoint_overrides``: ``ckpt_path`` and, for an ensemble, ``member_checkpoints``)."""
+    """The ``--set key=value`` overrides as a dict."""
     from unet_monai.bundle import parse_override
 
-    return dict(parse_override(text) for text in args.set) | getattr(args, "checkpoint_overrides", {})
+    return dict(parse_override(text) for text in args.set)
 
 
-def _check_bundle(bundle: str, name: str) -> None:
-    """A bundle folder with ``configs/<name>.json``, else one line: ``<bundle>: no such bundle``."""
-    if not (Path(bundle) / "configs" / f"{name}.json").is_file():
-        raise SystemExit(f"error: {bundle}: no such bundle (no configs/{name}.json)")
-
-
-def _check_input(path: Path) -> None:
-    """The input exists; a dangling or looping symbolic link says so."""
-    if path.is_symlink() and not path.exists():
-        raise SystemExit(f"error: {path}: broken symbolic link or symbolic link loop")
-    if not path.exists():
-        raise SystemExit(f"error: {path}: no such file or folder")
-
-
-def _check_output_outside_input(source: Path, output: Path) -> None:
-    """A folder input's masks must not land in it: the next run would segment the masks (``*_seg_seg``)."""
-    if not source.is_dir():
-        return
-    folder, target = Path(os.path.realpath(source)), Path(os.path.realpath(output))
-    if target == folder or folder in target.parents:
-        raise SystemExit(
-            f"error: {output}: output folder equal to or inside the input folder {source}; the next run "
-            "would read its masks as images to segment: choose an --output outside it"
-        )
-
-
-def _image_files(path: Path) -> list[str]:
-    """One image file, or every image file in a folder (NIfTI, DICOM, PNG, TIFF), as absolute paths.
-
-    A clear error otherwise."""
-    suffixes = " / ".join(IMAGE_SUFFIXES)
-    if path.is_file():
-        if not path.name.lower().endswith(IMAGE_SUFFIXES):
-            raise SystemExit(f"error: {path}: not an image file ({suffixes})")
-        return [str(path.resolve())]
-    if path.is_dir():
-        # hidden files are skipped: e.g. the .partial-* files of an interrupted atomic write
-        names = sorted(
-            p
-            for p in path.iterdir()
-            if p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith(".")
-        )
-        for name in names:
-            _check_input(name)  # a dangling or looping link: one line, before anything runs
-        files = sorted(str(p.resolve()) for p in names)
-        if not files:
-            raise SystemExit(f"error: {path}: folder holds no image files ({suffixes})")
-        return files
-    raise SystemExit(f"error: {path}: no such file or folder")
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train the bundle; a bundle with ``members`` (an ensemble) trains each member in turn."""
-    from unet_monai.bundle import load_workflow, run_workflow
-
-    _check_bundle(args.bundle, "train")
-    overrides = _overrides(args)
-    if args.data is not None:
-        overrides["dataset_dir"] = str(Path(args.data).resolve())
-    if args.epochs is not None:
-        overrides["train#trainer#max_epochs"] = args.epochs
-    if args.resume:
-        overrides["resume"] = True
-    members = load_workflow(args.bundle, "train", **overrides).parser.get("members")
-    member = overrides.get("member")
-    if member is not None and isinstance(members, list) and member not in range(len(members)):
-        raise SystemExit(
-            f"error: member: {member!r} is not a member of this ensemble (0 .. {len(members) - 1}: "
-            f"slice axes {', '.join(str(m.get('slice_axis')) for m in members)})"
-        )
-    if "member" in overrides or not isinstance(members, list):
-        runs = [overrides]
-    else:
-        runs = [overrides | {"member": k} for k in range(len(members))]
-    for run in runs:
-        workflow = run_workflow(args.bundle, "train", **run)
-        parser = workflow.parser
-        name = parser.get_parsed_content("member_checkpoint") if "member_checkpoint" in parser else "model.pt"
-        best = Path(parser.get_parsed_content("ckpt_dir")) / name
-        if not best.is_file():
-            raise SystemExit(
-                f"error: {best}: training ended without writing its checkpoint (no validation ran)"
-            )
-        print(f"best checkpoint: {best}")
-    return 0
-
-
-def _dicom_input(args: argparse.Namespace) -> bool:
-    """Whether ``infer`` segments a DICOM series (``segment_dicom``) rather than image files.
-
-    Yes for a folder with ``--format seg/both`` or a series selector; for a folder of DICOM images with
-    ``--format nifti``; and, without ``--format``, for a folder of DICOM images given to a bundle that
-    does not read DICOM itself (its metadata's ``data_type`` is not "dicom", e.g. a NIfTI volume bundle).
-    """
-    from unet_monai.dicom.infer import bundle_metadata, holds_dicom_images
-
-    path = Path(args.input)
-    if not path.is_dir():
-        return False
-    if args.format in ("seg", "both") or args.series_uid is not None or args.modality is not None:
-        return True
-    if not holds_dicom_images(path):
-        return False
-    return args.format == "nifti" or bundle_metadata(args.bundle).get("data_type") != "dicom"
-
-
-def cmd_infer_dicom(args: argparse.Namespace) -> int:
-    """``infer`` of one DICOM series: a DICOM SEG and / or a NIfTI mask named by its SeriesInstanceUID
-    (made safe: the UID comes from the files)."""
-    from unet_monai.dicom.infer import segment_dicom
-    from unet_monai.dicom.series import shown
-
-    formats = {"seg": ("seg",), "nifti": ("nifti",), "both": ("seg", "nifti"), None: ("seg",)}[args.format]
-    result = segment_dicom(
-        args.bundle,
-        args.input,
-        args.output,
-        formats=formats,
-        series_uid=args.series_uid,
-        modality=args.modality,
-        checkpoint=args.checkpoint,
-        overrides=_overrides(args),
-        seg_type=args.seg_type,
-    )
-    print(f"series {shown(result['series_uid'])}: labels {result['labels']}")
-    for kind, path in result["files"].items():
-        print(f"{kind}: {path}")
-    if result["seg_sop_instance_uid"] is not None:
-        print(f"SEG SOPInstanceUID: {result['seg_sop_instance_uid']}")
-    return 0
-
-
-def _checkpoint_paths(args: argparse.Namespace) -> list[Path]:
+def _checkpoint_paths(values: list[str] | None) -> list[Path]:
     """The ``--checkpoint`` files (repeated, and / or comma lists), in order; [] when none was given."""
-    values = getattr(args, "checkpoints", None) or []
-    return [Path(part.strip()).resolve() for value in values for part in value.split(",") if part.strip()]
+    return [
+        Path(part.strip()).resolve() for value in values or [] for part in value.split(",") if part.strip()
+    ]
 
 
-def _check_checkpoints(args: argparse.Namespace, overrides: dict) -> dict:
-    """Read the weights inference will load before anything runs, and return the overrides that name them.
-
-    Only the files given are used: for an ensemble bundle (``member_checkpoints`` in its config) the
-    ``--checkpoint`` files are its members in order, or one file holding the whole ensemble; without
-    ``--checkpoint`` the bundle's own ``models/model.pt`` (and ``model_member<k>.pt``). Each file is
-    loaded (``weights_only``) into the network the config builds, so a damaged file, a refused pickle or
-    another network's weights stop here with one line naming the file and what differs.
-    """
-    from unet_monai.bundle import load_workflow
-    from unet_monai.checkpoints import CheckpointError, load_weights
-    from unet_monai.networks.axis_ensemble import AxisEnsemble, check_member_count, load_member_checkpoints
-
-    paths = _checkpoint_paths(args)
-    chosen = paths or [Path(overrides.get("ckpt_path", Path(args.bundle) / "models" / "model.pt"))]
-    for path in chosen:
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: no trained weights; run `unet-monai train --bundle {args.bundle}`"
-            )
-    added = {"ckpt_path": str(chosen[0])} if paths else {}
-    parser = load_workflow(args.bundle, "inference", **(overrides | added)).parser
-    if "member_checkpoints" in parser:
-        network = parser.get_parsed_content("network")
-        if isinstance(network, AxisEnsemble):
-            if paths:
-                check_member_count(network, paths, "--checkpoint")
-                added["member_checkpoints"] = [str(p) for p in paths]
-            load_member_checkpoints(network, paths or parser.get_parsed_content("member_checkpoints"))
-            return added
-    if len(paths) > 1:
-        raise CheckpointError(
-            f"--checkpoint: {len(paths)} checkpoints given; bundle {args.bundle} has one network (no "
-            "ensemble members): give one"
-        )
-    if "network_def" in parser:
-        load_weights(parser.get_parsed_content("network_def"), chosen[0])
-    return added
-
-
-def cmd_infer(args: argparse.Namespace) -> int:
-    """Segment image files: bad cases reported and skipped (exit 1), outputs atomic, resumable, sharded.
-
-    Before anything is read or written: the bundle, the input, the output folder (not inside a folder
-    input), the rank / shard, the overrides and the checkpoints are checked, each fault one line."""
-    from unet_monai.batch_inference import run_batch_inference, shard_from, wait_for_other_ranks
-
-    _check_bundle(args.bundle, "inference")
-    source = Path(args.input)
-    _check_input(source)
-    _check_output_outside_input(source, Path(args.output))
-    shard = shard_from(args.shard)
-    user = _overrides(args)
-    own = [key for key in INFER_OWN_IDS if key in user]
-    if own:
-        raise SystemExit(
-            f"error: {own[0]}: set by infer itself (the files come from --input, the folder from --output); "
-            "remove --set " + own[0]
-        )
-    overrides = {"dataset_dir": str(source.resolve())} | user
-    dicom = _dicom_input(args)
-    if not dicom and args.format in ("seg", "both"):
-        raise SystemExit(f"error: {args.input}: --format {args.format} needs a folder of DICOM images")
-    files = [] if dicom else _image_files(source)
-    args.checkpoint_overrides = _check_checkpoints(args, overrides)
-    args.checkpoint = args.checkpoint_overrides.get("ckpt_path")  # cmd_infer_dicom's single path
-    if dicom:
-        return cmd_infer_dicom(args)
-    started = time.time() - 1.0  # file times can be coarser than the clock
-    report = run_batch_inference(
-        args.bundle,
-        files,
-        args.output,
-        overrides | args.checkpoint_overrides,
-        resume=args.resume,
-        shard=shard,
-    )
-    print(f"{report.summary()} (masks in {Path(args.output).resolve()}; report {report.report_path})")
-    if report.exit_code and report.world_size > 1 and args.shard is None:
-        wait_for_other_ranks(args.output, report.world_size, started)  # torchrun would stop them
-    return report.exit_code
-
-
-def cmd_pacs(args: argparse.Namespace) -> int:
-    """Segment a series of a PACS study and store the SEG back (STOW-RS, or C-STORE)."""
-    from unet_monai.dicom.infer import segment_pacs_study
-    from unet_monai.dicom.pacs import PacsError
-
-    for option, seconds in (("--connect-timeout", args.connect_timeout), ("--timeout", args.timeout)):
-        if not seconds > 0 or seconds == float("inf"):
-            raise SystemExit(f"error: {option}: must be a positive number of seconds, got {seconds:g}")
-    try:
-        result = segment_pacs_study(
-            args.url,
-            args.study,
-            args.bundle,
-            modality=args.modality,
-            series_uid=args.series_uid,
-            checkpoint=args.checkpoint,
-            overrides=_overrides(args),
-            seg_type=args.seg_type,
-            c_store_node=args.c_store,
-            work_dir=args.work,
-            timeout=args.timeout,
-            connect_timeout=args.connect_timeout,
-        )
-    except PacsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(
-        f"segmented series {result['series_uid']} of study {result['study_uid']}: labels {result['labels']}"
-    )
-    print(f"SEG SOPInstanceUID: {result['seg_sop_instance_uid']} (series {result['seg_series_uid']})")
-    print(f"stored on: {result['destination']}")
-    if args.work is not None:
-        print(f"SEG file: {result['seg']}")
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from unet_monai.evaluate import evaluate_folders
-
-    summary = evaluate_folders(
-        args.pred,
-        args.label,
-        args.output,
-        args.num_classes,
-        args.class_names,
-        images=args.images,
-        log_dir=args.log_dir,
-        binary=args.binary,
-        bundle=args.bundle,
-        chill=args.chill,
-    )
-    print(summary["classes_source"])
-    unscored = summary["cases_without_prediction"]
-    if unscored:
-        shown = ", ".join(unscored[:10]) + (f" and {len(unscored) - 10} more" if len(unscored) > 10 else "")
-        print(f"--chill: {len(unscored)} case(s) without a prediction left out of the scores: {shown}")
-    print(json.dumps({"num_cases": summary["num_cases"], "mean": summary["mean"]}, indent=2))
-    print(f"per-case metrics: {Path(args.output) / 'metrics.csv'}")
-    print(f"summary: {Path(args.output) / 'summary.json'}")
-    for name, path in summary["figures"].items():
-        case = summary["overlay_cases"].get(name.removeprefix("overlay_"))
-        print(f"{name}: {path}" + (f" ({case})" if case else ""))
-    if args.log_dir is not None and "training_curves" not in summary["figures"]:
-        print(f"no training curves: no TensorBoard scalars in {args.log_dir}")
-    return 0
-
-
-def cmd_networks(args: argparse.Namespace) -> int:
-    from unet_monai.networks import list_networks
-
-    for name in list_networks():
-        print(name)
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import run_demo
-
-    run_demo(output_dir=Path(args.output), epochs=args.epochs, num_cases=args.cases)
-    return 0
+def run_job(job: Callable[..., int], args: argparse.Namespace) -> int:
+    """Call ``job`` with the options named as its parameters: ``--set`` becomes ``overrides`` and
+    ``--checkpoint`` of ``infer`` a list of paths; the job's defaults fill the rest."""
+    values = dict(vars(args))
+    if "set" in values:
+        values["overrides"] = _overrides(args)
+    if "checkpoints" in values:
+        values["checkpoints"] = _checkpoint_paths(values["checkpoints"])
+    parameters = inspect.signature(job).parameters
+    return job(**{name: values[name] for name in parameters if name in values})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo_output", help="folder for everything the demo writes")
     demo.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
     demo.add_argument("--cases", type=int, default=24, help="synthetic volumes to make (default 24)")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(job=jobs.demo)
 
     set_help = (
         "override a bundle config value, e.g. --set learning_rate=0.001 (repeatable; values read as JSON)"
@@ -365,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a bundle (its configs/train.json)",
         description="Train a bundle as `python -m monai.bundle run --config_file configs/train.json` would; "
-        "the best checkpoint goes to BUNDLE/models/model.pt.",
+        f"the best checkpoint goes to BUNDLE/{jobs.DEFAULT_CHECKPOINT}.",
     )
     train.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/hippocampus_unet2d")
     train.add_argument("--data", help="dataset folder (the bundle's dataset_dir)")
@@ -377,7 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         "resume_member<K>.pt for ensemble members): weights, optimiser, LR schedule, epoch, best metric",
     )
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    train.set_defaults(func=cmd_train)
+    train.add_argument(
+        "--tracking",
+        choices=sorted(jobs.TRACKERS),
+        help="log the run to an experiment tracker (MONAI's bundle tracking; MLflow: pip install "
+        "'unet-monai[mlflow]')",
+    )
+    train.set_defaults(job=jobs.train)
 
     infer = commands.add_parser(
         "infer",
@@ -402,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="checkpoints",
         action="append",
         metavar="FILE[,FILE...]",
-        help="weights to use (default BUNDLE/models/model.pt, and model_member<K>.pt for an ensemble). Only "
-        "the files named are loaded: for an ensemble bundle give every member's checkpoint in member order "
-        "(repeat --checkpoint, or a comma list), or one file holding the whole ensemble",
+        help=f"weights to use (default BUNDLE/{jobs.DEFAULT_CHECKPOINT}, and model_member<K>.pt for an "
+        "ensemble). Only the files named are loaded: for an ensemble bundle give every member's checkpoint "
+        "in member order (repeat --checkpoint, or a comma list), or one file holding the whole ensemble",
     )
     infer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     infer.add_argument(
@@ -431,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "for a multi-modal bundle), for N independent jobs; under torchrun each rank takes its share from "
         "RANK / WORLD_SIZE without this option",
     )
-    infer.set_defaults(func=cmd_infer)
+    infer.set_defaults(job=jobs.infer)
 
     pacs = commands.add_parser(
         "pacs",
@@ -445,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     pacs.add_argument("--bundle", required=True, help="bundle folder")
     pacs.add_argument("--modality", help="only series of this modality (e.g. MR)")
     pacs.add_argument("--series-uid", help="the SeriesInstanceUID to segment (needed when several match)")
-    pacs.add_argument("--checkpoint", help="weights to use (default BUNDLE/models/model.pt)")
+    pacs.add_argument("--checkpoint", help=f"weights to use (default BUNDLE/{jobs.DEFAULT_CHECKPOINT})")
     pacs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     pacs.add_argument(
         "--seg-type", choices=["binary", "labelmap"], default="binary", help="DICOM SEG type (default binary)"
@@ -467,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds the PACS may stay silent: waiting for an answer, or for the next bytes of one (not a "
         "limit on a whole transfer); a timeout is not retried (default 60)",
     )
-    pacs.set_defaults(func=cmd_pacs)
+    pacs.set_defaults(job=jobs.pacs)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -516,12 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="TensorBoard folder of the training run (e.g. BUNDLE/runs): writes OUTPUT/training_curves.png "
         "(training loss per iteration, validation Dice per class and mean per epoch)",
     )
-    evaluate.set_defaults(func=cmd_evaluate)
+    evaluate.set_defaults(job=jobs.evaluate)
 
     networks = commands.add_parser(
         "networks", help="list the registered networks", description="List the network registry's names."
     )
-    networks.set_defaults(func=cmd_networks)
+    networks.set_defaults(job=jobs.networks)
     debug_help = (
         f"show the full traceback of an error instead of one line (also: environment variable {DEBUG_ENV}=1)"
     )
@@ -610,12 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        return args.func(args)
+        return run_job(args.job, args)
     except SystemExit as exit_:
         if not isinstance(exit_.code, str) or isinstance(exit_, CommandError):
             raise
         print(exit_.code, file=sys.stderr)
         raise CommandError(exit_.code) from None
+    except jobs.JobError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise CommandError(f"error: {error}") from None
     except Exception as error:
         line = None if debug else user_error(error)
         if line is None:

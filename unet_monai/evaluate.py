@@ -22,8 +22,8 @@ from monai.transforms import LoadImage
 
 from unet_monai import report
 from unet_monai.checks import BadInputError, check_affine, check_nifti_header, read_error
-from unet_monai.data.datalists import IMAGE_SUFFIXES, NIFTI_SUFFIXES, case_name
-from unet_monai.io import write_text
+from unet_monai.data.datalists import case_name
+from unet_monai.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, write_text
 from unet_monai.metrics import METRICS, case_metrics
 
 # Accepted prediction names for a case: "<case>", "<case>_seg" (MONAI SaveImage's default) or "<case>_pred".

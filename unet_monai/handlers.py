@@ -52,7 +52,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from unet_monai.distributed import found_on_every_rank
 from unet_monai.io import atomic_output
-from unet_monai.networks.axis_ensemble import AxisEnsemble, load_member_checkpoints
+from unet_monai.networks.ensemble import AxisEnsemble, load_member_checkpoints
 
 
 class PlainTensorBatches:

@@ -12,6 +12,8 @@
   name from a datalist); ``output_path(folder, name)``: ``folder / name`` after checking that it lies
   inside ``folder``.
 - ``stale_partials(final)``: the temporary files a killed run left for ``final``.
+- ``DEFAULT_CHECKPOINT`` / ``trained_weights``: where a bundle keeps its trained weights, and the file
+  inference loads (a given one, the ``ckpt_path`` override, else the bundle's ``models/model.pt``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ PARTIAL_PREFIX = ".partial-"
 TOKEN_LENGTH = 12
 FILE_MODE = 0o644  # every output: readable by the group and others (reports, masks, SEG, checkpoints)
 MAX_NAME_LENGTH = 120  # characters of a name made from untrusted text (file systems allow 255 bytes)
+# NIfTI endings, longest first (so ".nii.gz" is stripped whole), and every single-file image format the
+# pipeline reads: NIfTI, DICOM files, PNG and TIFF.
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".dcm", ".png", ".tif", ".tiff")
+# A bundle's trained weights, relative to its folder (its configs' ckpt_path).
+DEFAULT_CHECKPOINT = "models/model.pt"
 
 
 class OutputError(OSError):
@@ -185,3 +193,17 @@ def output_path(folder: Path | str, name: str) -> Path:
     if path.parent != root and root not in path.parents:
         raise ValueError(f"{name!r}: output name leads outside the output folder {root}; refused")
     return root / name
+
+
+def trained_weights(
+    bundle: str | Path, checkpoint: str | Path | None = None, overrides: dict | None = None
+) -> Path:
+    """The weights inference loads: ``checkpoint``, else the ``ckpt_path`` override, else the bundle's
+    ``DEFAULT_CHECKPOINT``. A missing file is a ``FileNotFoundError`` saying how to make it (one line)."""
+    if checkpoint is not None:
+        path = Path(checkpoint).resolve()
+    else:
+        path = Path((overrides or {}).get("ckpt_path", Path(bundle) / DEFAULT_CHECKPOINT))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained weights; run `unet-monai train --bundle {bundle}`")
+    return path

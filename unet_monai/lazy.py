@@ -14,20 +14,25 @@ from typing import Any
 
 
 def lazy_exports(
-    package: str, names: Mapping[str, str], submodules: Iterable[str] = ()
-) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``(__getattr__, __dir__)`` for ``package``: ``names`` maps each exported name to the submodule
-    (relative to ``package``) that defines it; ``submodules`` are exported as modules themselves."""
+    namespace: dict[str, Any], exports: Mapping[str, Iterable[str]], submodules: Iterable[str] = ()
+) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+    """``(__getattr__, __dir__, __all__)`` for the package whose ``globals()`` is ``namespace``.
+
+    ``exports`` maps each submodule (relative to the package) to the names it defines that the package
+    exports; ``submodules`` are exported as modules themselves.
+    """
+    package = namespace["__name__"]
+    home = {name: module for module, names in exports.items() for name in names}
     modules = set(submodules)
 
     def __getattr__(name: str) -> Any:
         if name in modules:
             return importlib.import_module(f"{package}.{name}")
-        if name in names:
-            return getattr(importlib.import_module(f"{package}.{names[name]}"), name)
+        if name in home:
+            return getattr(importlib.import_module(f"{package}.{home[name]}"), name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:
-        return sorted(set(names) | modules)
+        return sorted(set(namespace) | set(home) | modules)
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, sorted(home)

@@ -1,19 +1,21 @@
-"""Dataset layouts: datalists for the supported layouts and the synthetic data generator."""
+"""Dataset layouts: datalists for the supported layouts and the synthetic data generator.
 
-from unet_monai.data.datalists import (
-    case_name,
-    folder_datalist,
-    msd_datalist,
-    msd_label_names,
-    split_datalist,
+Names are imported from their submodule on first use (``unet_monai.lazy``): importing the package loads
+no torch.
+"""
+
+from unet_monai.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    globals(),
+    {
+        "datalists": (
+            "case_name",
+            "folder_datalist",
+            "msd_datalist",
+            "msd_label_names",
+            "split_datalist",
+        ),
+        "synthetic": ("make_synthetic_dataset",),
+    },
 )
-from unet_monai.data.synthetic import make_synthetic_dataset
-
-__all__ = [
-    "case_name",
-    "folder_datalist",
-    "make_synthetic_dataset",
-    "msd_datalist",
-    "msd_label_names",
-    "split_datalist",
-]

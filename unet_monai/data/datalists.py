@@ -9,10 +9,7 @@ from pathlib import Path
 from monai.data import load_decathlon_datalist, partition_dataset
 
 from unet_monai.checks import BadInputError
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-# Every single-file image format the pipeline reads: NIfTI, DICOM files, PNG and TIFF.
-IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".dcm", ".png", ".tif", ".tiff")
+from unet_monai.io import IMAGE_SUFFIXES
 
 
 def case_name(path: str | Path) -> str:

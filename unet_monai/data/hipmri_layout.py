@@ -26,7 +26,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from unet_monai.data.datalists import NIFTI_SUFFIXES, msd_datalist
+from unet_monai.data.datalists import msd_datalist
+from unet_monai.io import NIFTI_SUFFIXES
 
 SPLITS = ("train", "validate", "test")
 IMAGE_PREFIX = "case_"

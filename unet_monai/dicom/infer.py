@@ -39,7 +39,7 @@ from unet_monai.dicom.series import (
     read_series,
     shown,
 )
-from unet_monai.io import PARTIAL_PREFIX, atomic_output, output_path, safe_name
+from unet_monai.io import PARTIAL_PREFIX, atomic_output, output_path, safe_name, trained_weights
 
 logger = logging.getLogger(__name__)
 
@@ -101,17 +101,6 @@ def _check_formats(formats: Sequence[str], seg_type: str) -> tuple[str, ...]:
     if seg_type not in SEG_TYPES:
         raise ValueError(f"seg_type must be one of {SEG_TYPES}, got {seg_type!r}")
     return chosen
-
-
-def _checkpoint(bundle: Path, checkpoint: str | Path | None, overrides: dict) -> Path:
-    """The weights inference will load; FileNotFoundError (one line) when they are missing."""
-    if checkpoint is not None:
-        path = Path(checkpoint).resolve()
-    else:
-        path = Path(overrides.get("ckpt_path", bundle / "models" / "model.pt"))
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no trained weights; run `unet-monai train --bundle {bundle}`")
-    return path
 
 
 def run_bundle_on_volume(
@@ -245,7 +234,7 @@ def segment_dicom(
     chosen = _check_formats(formats, seg_type)
     bundle = Path(bundle).resolve()
     overrides = dict(overrides or {})
-    weights = _checkpoint(bundle, checkpoint, overrides)
+    weights = trained_weights(bundle, checkpoint, overrides)
     metadata = bundle_metadata(bundle) if "seg" in chosen else {}
     volume = read_series(input_folder, series_uid, modality, description, rule="only")
     if "seg" in chosen:
@@ -358,7 +347,7 @@ def segment_pacs_study(
             )
     node = parse_node(c_store_node) if c_store_node else None
     resolved = Path(bundle).resolve()
-    _checkpoint(resolved, checkpoint, dict(overrides or {}))  # missing weights: before pulling anything
+    trained_weights(resolved, checkpoint, dict(overrides or {}))  # missing weights: before pulling anything
     limits = {
         "timeout": DEFAULT_TIMEOUT if timeout is None else timeout,
         "connect_timeout": DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,

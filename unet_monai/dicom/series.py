@@ -43,7 +43,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from unet_monai.io import PARTIAL_PREFIX
+from unet_monai.io import NIFTI_SUFFIXES, PARTIAL_PREFIX
 
 if TYPE_CHECKING:
     from monai.data import MetaTensor
@@ -51,9 +51,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-# Masks (ours among them) that find_series skips unread, without a warning; other stray files are read
-# and skipped with a warning naming them.
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Files with these endings are never DICOM (holds_dicom_images does not read them).
 NOT_DICOM_SUFFIXES = (".nii", ".nii.gz", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".json", ".txt", ".csv")
 # Modalities that are not images to segment (SEG objects have pixel data, the others usually not).

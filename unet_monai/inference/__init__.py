@@ -1,7 +1,16 @@
-"""Whole-volume inference: slice-by-slice and sliding-window inferers."""
+"""Whole-volume inference: slice-by-slice and sliding-window inferers.
 
-from unet_monai.inference.autocast import BFloat16Inferer, cpu_bf16_supported
-from unet_monai.inference.inferers import volume_inferer
-from unet_monai.inference.tta import MirrorTTAInferer
+Names are imported from their submodule on first use (``unet_monai.lazy``): importing the package loads
+no torch.
+"""
 
-__all__ = ["BFloat16Inferer", "MirrorTTAInferer", "cpu_bf16_supported", "volume_inferer"]
+from unet_monai.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    globals(),
+    {
+        "autocast": ("BFloat16Inferer", "cpu_bf16_supported"),
+        "inferers": ("volume_inferer",),
+        "tta": ("MirrorTTAInferer",),
+    },
+)

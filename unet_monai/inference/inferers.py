@@ -10,7 +10,7 @@ from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.utils import convert_to_dst_type
 
 from unet_monai.inference.tta import MirrorTTAInferer
-from unet_monai.networks.axis_ensemble import AxisEnsemble
+from unet_monai.networks.ensemble import AxisEnsemble
 from unet_monai.transforms.slices import reverse_neighbour_order, stack_neighbour_slices_of
 
 

@@ -2,19 +2,11 @@
 
 from unet_monai.lazy import lazy_exports
 
-_NAMES = {
-    "METRICS": "case",
-    "binary_dice": "case",
-    "case_metrics": "case",
-    "dice": "case",
-    "hd95": "case",
-    "iou": "case",
-    "precision": "case",
-    "recall": "case",
-    "AdaptedRandError": "em",
-    "adapted_rand": "em",
-    "cell_regions": "em",
-    "em_scores": "em",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _NAMES, submodules=("case", "em"))
-__all__ = sorted(_NAMES)
+__getattr__, __dir__, __all__ = lazy_exports(
+    globals(),
+    {
+        "case": ("METRICS", "binary_dice", "case_metrics", "dice", "hd95", "iou", "precision", "recall"),
+        "em": ("AdaptedRandError", "adapted_rand", "cell_regions", "em_scores"),
+    },
+    submodules=("case", "em"),
+)

@@ -1,33 +1,25 @@
-"""Segmentation networks: the modular U-Net, its variants, the Ronneberger U-Net, overlap-tile, a registry."""
+"""Segmentation networks: the modular U-Net, its variants, the Ronneberger U-Net, overlap-tile, a registry.
 
-from unet_monai.networks.axis_ensemble import (
-    AxisEnsemble,
-    available_member_checkpoints,
-    axis_ensemble,
-    load_member_checkpoints,
-    member_checkpoints,
+Names are imported from their submodule on first use (``unet_monai.lazy``): importing the package loads
+no torch.
+"""
+
+from unet_monai.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    globals(),
+    {
+        "ensemble": (
+            "AxisEnsemble",
+            "available_member_checkpoints",
+            "axis_ensemble",
+            "load_member_checkpoints",
+            "member_checkpoints",
+        ),
+        "modular": ("ModularUNet",),
+        "overlap_tile": ("OverlapTileNet",),
+        "registry": ("create_network", "list_networks", "register_network"),
+        "ronneberger": ("RonnebergerUNet", "valid_input_size", "valid_output_size"),
+        "variants": ("VARIANTS", "build_variant", "features_for_budget"),
+    },
 )
-from unet_monai.networks.modular import ModularUNet
-from unet_monai.networks.overlap_tile import OverlapTileNet
-from unet_monai.networks.registry import create_network, list_networks, register_network
-from unet_monai.networks.ronneberger import RonnebergerUNet, valid_input_size, valid_output_size
-from unet_monai.networks.variants import VARIANTS, build_variant, features_for_budget
-
-__all__ = [
-    "AxisEnsemble",
-    "available_member_checkpoints",
-    "axis_ensemble",
-    "load_member_checkpoints",
-    "member_checkpoints",
-    "VARIANTS",
-    "ModularUNet",
-    "OverlapTileNet",
-    "RonnebergerUNet",
-    "build_variant",
-    "create_network",
-    "features_for_budget",
-    "list_networks",
-    "register_network",
-    "valid_input_size",
-    "valid_output_size",
-]

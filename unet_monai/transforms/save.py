@@ -25,11 +25,9 @@ import nibabel as nib
 from monai.data.image_writer import ImageWriter, NibabelWriter
 from monai.transforms import SaveImage, SaveImaged
 
-from unet_monai.io import OutputError, atomic_output, partial_path, stale_partials
+from unet_monai.io import NIFTI_SUFFIXES, OutputError, atomic_output, partial_path, stale_partials
 
 __all__ = ["AtomicSaveImage", "AtomicSaveImaged", "atomic_writer", "partial_path", "stale_partials"]
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 class _StopWriters(BaseException):
