@@ -365,13 +365,17 @@ def _validate_section() -> dict[str, Any]:
 def inference_config(plan: dict[str, Any], dataset_dir: str) -> dict[str, Any]:
     """inference.json: every image in ``dataset_dir`` -> a mask on the image's own grid."""
     shared = _shared_ids(plan, dataset_dir)
+    del shared["network"]  # the fold ensemble's, below
     return {
-        "imports": shared.pop("imports"),
+        "imports": [*shared.pop("imports"), "$import unet_monai.networks.fold_ensemble"],
         "bundle_root": shared.pop("bundle_root"),
         "ckpt_path": "$@bundle_root + '/models/model.pt'",
         "output_dir": "$@bundle_root + '/eval'",
         **shared,
         "flip_axes": plan["flip_axes"],
+        "ensemble_folds": plan.get("ensemble_folds", 1),
+        "network": "$unet_monai.networks.fold_ensemble.fold_ensemble(@network_def, @ensemble_folds)"
+        ".to(@device)",
         "datalist": "$unet_monai.bundle.dataset_items('dataset_dir', @dataset_dir, "
         f"unet_monai.bundle.image_files, patterns={IMAGE_PATTERNS!r})",
         "preprocessing": _chain("eval", label=False),
@@ -701,3 +705,14 @@ def write_bundle(
     write_text(output / "LICENSE", LICENSE_TEXT)
     write_text(output / "large_files.yml", LARGE_FILES)
     return output
+
+
+def rewrite_inference(bundle: str | Path, **values: Any) -> Path:
+    """Set top-level ids of ``bundle``'s inference.json (e.g. ``ensemble_folds`` after a K-fold fit)."""
+    path = Path(bundle) / "configs" / "inference.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in values.items():
+        if key not in config:
+            raise KeyError(f"{path}: no id {key!r} to set")
+        config[key] = value
+    return write_text(path, zoo_json(json.dumps(config)))

@@ -1,0 +1,124 @@
+"""``unet-monai fit``: plan a bundle, train it (one fold, or K folds sharing the budget), evaluate it.
+
+With ``folds`` = 1 the bundle trains fold 0 (a fifth of the cases validates) into ``models/model.pt``
+and ``evaluate.json`` scores that model on the fold's validation cases. With ``folds`` = K > 1 each of
+the K folds trains into ``models/fold_<k>/model.pt`` with ``budget / K`` minutes (the budget is the
+whole run's, so K folds take about as long as one fold with the whole budget), each fold is evaluated
+on its own validation cases (cross-validation: every case is scored once, by the model that did not
+see it), and the folds are packed into ``models/model.pt`` as one ``FoldEnsemble`` that inference
+applies (``ensemble_folds`` in inference.json).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from unet_monai.io import write_bytes, write_text
+
+REPORT = "fit_report.json"
+
+
+def pack_folds(checkpoints: list[Path], output: Path) -> Path:
+    """One ``model.pt`` holding fold ``k``'s weights under ``members.<k>.`` and fold 0's settings."""
+    import torch
+
+    from unet_monai.checkpoints import SETTINGS_KEY, read_settings, read_state_dict
+
+    state = {
+        f"members.{fold}.{key}": value
+        for fold, path in enumerate(checkpoints)
+        for key, value in read_state_dict(path).items()
+    }
+    packed: dict[str, Any] = {"model": state}
+    settings = read_settings(checkpoints[0])
+    if settings is not None:
+        packed[SETTINGS_KEY] = settings
+    buffer = io.BytesIO()
+    torch.save(packed, buffer)
+    return write_bytes(output, buffer.getvalue())
+
+
+def _fold_metrics(workflow: Any) -> dict[str, float]:
+    metrics = workflow.parser.get_parsed_content("validate#evaluator").state.metrics
+    return {key: round(float(value), 4) for key, value in metrics.items() if isinstance(value, (int, float))}
+
+
+def fit(
+    output: str | Path,
+    data_dir: str | Path | None = None,
+    images_dir: str | Path | None = None,
+    labels_dir: str | Path | None = None,
+    budget_minutes: float = 30.0,
+    folds: int = 1,
+    configuration: str = "auto",
+    device: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    command: str = "unet-monai fit",
+) -> dict[str, Any]:
+    """Plan, train and evaluate; returns the report (also written to ``<output>/fit_report.json``)."""
+    from unet_monai.bundle import run_workflow
+    from unet_monai.planning.bundle_writer import rewrite_inference
+    from unet_monai.planning.planner import plan_bundle
+
+    if folds < 1:
+        raise ValueError(f"--folds: must be at least 1, got {folds}")
+    output = Path(output)
+    started = time.perf_counter()
+    plan = plan_bundle(
+        output,
+        data_dir=data_dir,
+        images_dir=images_dir,
+        labels_dir=labels_dir,
+        budget_minutes=budget_minutes / folds,
+        configuration=configuration,
+        device=device,
+        workers=workers,
+        progress=progress,
+        command=command,
+    )
+    plan_seconds = time.perf_counter() - started
+    report: dict[str, Any] = {
+        "command": command,
+        "budget_minutes": budget_minutes,
+        "folds": folds,
+        "per_fold": [],
+    }
+    checkpoints = []
+    for fold in range(folds):
+        fold_dir = output / "models" if folds == 1 else output / "models" / f"fold_{fold}"
+        runs = output / "runs" if folds == 1 else output / "runs" / f"fold_{fold}"
+        settings = {"fold": fold, "ckpt_dir": str(fold_dir), "output_dir": str(runs)}
+        if folds > 1:
+            settings["num_folds"] = folds
+        started = time.perf_counter()
+        training = run_workflow(output, "train", **settings)
+        train_seconds = time.perf_counter() - started
+        evaluation_dir = output / "eval" if folds == 1 else output / "eval" / f"fold_{fold}"
+        evaluation = run_workflow(output, "evaluate", **(settings | {"output_dir": str(evaluation_dir)}))
+        report["per_fold"].append(
+            {
+                "fold": fold,
+                "epochs": training.parser.get_parsed_content("train#trainer").state.epoch,
+                "train_seconds": round(train_seconds, 1),
+                "metrics": _fold_metrics(evaluation),
+                "evaluation": str(evaluation_dir),
+            }
+        )
+        checkpoints.append(fold_dir / "model.pt")
+    if folds > 1:
+        pack_folds(checkpoints, output / "models" / "model.pt")
+        rewrite_inference(output, ensemble_folds=folds)
+    dice = [entry["metrics"]["val_mean_dice"] for entry in report["per_fold"]]
+    report |= {
+        "mean_val_dice": round(sum(dice) / len(dice), 4),
+        "plan_seconds": round(plan_seconds, 1),
+        "planned_epochs": plan.get("max_epochs"),
+        "model": str(output / "models" / "model.pt"),
+    }
+    write_text(output / REPORT, json.dumps(report, indent=2) + "\n")
+    return report
