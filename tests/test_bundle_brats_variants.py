@@ -286,7 +286,7 @@ def test_verify_net_in_out_and_torchscript_export(smoke_run: tuple[Path, str], t
 def test_study_smoke_writes_json_table_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))  # bench scripts import their siblings
     spec = importlib.util.spec_from_file_location(
-        "brats_variants_study", REPO_ROOT / "bench" / "brats_variants_study.py"
+        "brats_variants_study", REPO_ROOT / "studies" / "brats_variants_study.py"
     )
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)

@@ -7,8 +7,8 @@ patient's Dice: all its slices pooled (2 TP / (2 TP + FP + FN)). Ours is evaluat
 its mirror TTA; the best validation Dice during training (checkpoint chosen on the held-out patient,
 as the original project's "best validation" figure was) is given beside, for reference.
 
-    OMP_NUM_THREADS=1 python bench/lgg_leave_one_out.py --epochs 40 --set resize_to=[128,128] \
-        --set network_def#features=8 --output bench/results/lgg_loo
+    OMP_NUM_THREADS=1 python studies/lgg_leave_one_out.py --epochs 40 --set resize_to=[128,128] \
+        --set network_def#features=8 --output studies/results/lgg_loo
 """
 
 from __future__ import annotations
@@ -16,14 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 from lgg_common import DATA, evaluate, markdown_table, train
-from machine import machine_info
 
-from unet_monai.bundle import parse_override
-from unet_monai.data.lgg_layout import lgg_datalist, patient_ids
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # machine.py: shared with bench/
+from machine import machine_info  # noqa: E402
+
+from unet_monai.bundle import parse_override  # noqa: E402
+from unet_monai.data.lgg_layout import lgg_datalist, patient_ids  # noqa: E402
 
 
 def run_fold(recipe: str, fold: int, overrides: dict, work_dir: Path) -> dict:
@@ -92,7 +95,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="bundle override")
     parser.add_argument("--data", type=Path, default=DATA, help="the kaggle_3m folder")
-    parser.add_argument("--output", type=Path, default=Path("bench/results/lgg_loo"), help="results folder")
+    parser.add_argument("--output", type=Path, default=Path("studies/results/lgg_loo"), help="results folder")
     args = parser.parse_args()
     overrides = {"dataset_dir": str(args.data), "train#trainer#max_epochs": args.epochs, "val_interval": 1}
     overrides |= dict(parse_override(text) for text in args.set)

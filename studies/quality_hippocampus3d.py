@@ -5,22 +5,24 @@ overrides, times it, then evaluates the best checkpoint on the held-out validati
 bundle's ``evaluate.json`` (whole volumes through the SlidingWindowInferer with mirror TTA, the
 inference-time settings).
 
-    python bench/quality_hippocampus3d.py                       # the bundle's default
-    python bench/quality_hippocampus3d.py --epochs 10 20 --output bench/results/quality3d.json
-    python bench/quality_hippocampus3d.py --set depth=4 --set 'roi_size=[48,64,48]' --keep runs_3d
+    python studies/quality_hippocampus3d.py                       # the bundle's default
+    python studies/quality_hippocampus3d.py --epochs 10 20 --output studies/results/quality3d.json
+    python studies/quality_hippocampus3d.py --set depth=4 --set 'roi_size=[48,64,48]' --keep runs_3d
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from machine import machine_info
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # machine.py: shared with bench/
+from machine import machine_info  # noqa: E402
 
-from unet_monai.bundle import parse_override, run_workflow
+from unet_monai.bundle import parse_override, run_workflow  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "hippocampus_unet3d"

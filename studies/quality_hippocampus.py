@@ -6,10 +6,10 @@ default, with any config overrides, times it, then evaluates the members' best c
 together on the held-out validation cases with the bundle's ``evaluate.json`` (whole volumes, the
 inference-time settings: fusion of the slice directions and mirror TTA).
 
-    python bench/quality_hippocampus.py                            # the bundle's default
-    python bench/quality_hippocampus.py --epochs 10 25 50 --output bench/results/quality.json
+    python studies/quality_hippocampus.py                            # the bundle's default
+    python studies/quality_hippocampus.py --epochs 10 25 50 --output studies/results/quality.json
     # one axial network, as in rows 1 to 10 of the bundle's study
-    python bench/quality_hippocampus.py --epochs 45 \
+    python studies/quality_hippocampus.py --epochs 45 \
         --set 'members=[{"slice_axis": 2, "roi_size": [48, 64], "epochs": 45}]'
 """
 
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from machine import machine_info
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # machine.py: shared with bench/
+from machine import machine_info  # noqa: E402
 
-from unet_monai.bundle import load_workflow, parse_override, run_workflow
+from unet_monai.bundle import load_workflow, parse_override, run_workflow  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "hippocampus_unet2d"

@@ -13,24 +13,27 @@ Prints one JSON document (and writes it to ``--output/study.json``). The default
 budget (4 min 5 s on one thread beside another training, 2026-11-29); the bundle's own defaults
 (256x256 patches, 50 epochs) are ``--epochs 50 --set patch_size=[256,256]``.
 
-    python bench/em_weight_map_study.py                  # reduced default
-    python bench/em_weight_map_study.py --epochs 2       # smoke run
+    python studies/em_weight_map_study.py                  # reduced default
+    python studies/em_weight_map_study.py --epochs 2       # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from machine import machine_info
-from PIL import Image
 
-from unet_monai.bundle import parse_override, run_workflow
-from unet_monai.metrics import binary_dice, em_scores
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # machine.py: shared with bench/
+from machine import machine_info  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from unet_monai.bundle import parse_override, run_workflow  # noqa: E402
+from unet_monai.metrics import binary_dice, em_scores  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "em_cells_unet2d"
@@ -110,7 +113,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="bundle override")
     parser.add_argument("--data", type=Path, default=DATA, help="the isbi2012-em folder")
     parser.add_argument(
-        "--output", type=Path, default=Path("bench/results/em_weight_map"), help="work folder"
+        "--output", type=Path, default=Path("studies/results/em_weight_map"), help="work folder"
     )
     args = parser.parse_args()
     if args.threads:

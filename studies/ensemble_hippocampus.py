@@ -6,15 +6,15 @@ probabilities, then takes the argmax. Dice per class is MONAI's ``DiceMetric`` o
 volumes, the figure the bundle's evaluator reports. Train the members with different ``seed`` (the
 split stays ``split_seed`` 0), e.g.::
 
-    python bench/quality_hippocampus.py --epochs 35 --set seed=0 --keep runs_seed0
-    python bench/quality_hippocampus.py --epochs 35 --set seed=1 --keep runs_seed1
-    python bench/ensemble_hippocampus.py runs_seed0/epochs_35/models/model.pt \
+    python studies/quality_hippocampus.py --epochs 35 --set seed=0 --keep runs_seed0
+    python studies/quality_hippocampus.py --epochs 35 --set seed=1 --keep runs_seed1
+    python studies/ensemble_hippocampus.py runs_seed0/epochs_35/models/model.pt \
         runs_seed1/epochs_35/models/model.pt
 
 Members may differ in their settings: ``--member-set INDEX:KEY=VALUE`` applies an override to one
 member's network and inferer only, e.g. an ensemble of slice directions::
 
-    python bench/ensemble_hippocampus.py axial.pt sagittal.pt coronal.pt \
+    python studies/ensemble_hippocampus.py axial.pt sagittal.pt coronal.pt \
         --member-set 1:slice_axis=0 --member-set 1:roi_size=[64,48] \
         --member-set 2:slice_axis=1 --member-set 2:roi_size=[48,48]
 """

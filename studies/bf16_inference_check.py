@@ -6,20 +6,22 @@ Evaluates trained checkpoints (a ``quality_hippocampus.py --keep`` folder) with 
 CPU has native bfloat16), and prints the Dice of each and the time each evaluation took, as JSON.
 
     AXIAL='members=[{"slice_axis": 2, "roi_size": [48, 64], "epochs": 12}]'
-    python bench/quality_hippocampus.py --epochs 12 --keep /tmp/q --set "$AXIAL"
-    python bench/bf16_inference_check.py --work /tmp/q/epochs_12 --set "$AXIAL"
+    python studies/quality_hippocampus.py --epochs 12 --keep /tmp/q --set "$AXIAL"
+    python studies/bf16_inference_check.py --work /tmp/q/epochs_12 --set "$AXIAL"
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-from machine import emit_json, machine_info, rounded
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # machine.py: shared with bench/
+from machine import emit_json, machine_info, rounded  # noqa: E402
 
-from unet_monai.bundle import load_workflow, parse_override
-from unet_monai.inference import BFloat16Inferer, cpu_bf16_supported
+from unet_monai.bundle import load_workflow, parse_override  # noqa: E402
+from unet_monai.inference import BFloat16Inferer, cpu_bf16_supported  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "hippocampus_unet2d"

@@ -28,9 +28,10 @@ Writes under ``--output``: ``study.json`` (settings, machine, every run with per
 timings), ``study.md`` (the table) and ``study.png`` (IoU / Dice and relative step time per row),
 updated after every training.
 
-    OMP_NUM_THREADS=1 python bench/brats_variants_study.py --setting smoke --output bench/results/brats_smoke
-    OMP_NUM_THREADS=1 python bench/brats_variants_study.py --output bench/results/brats_variants
-    python bench/brats_variants_study.py --setting full --output bench/results/brats_variants_full   # GPU
+    OMP_NUM_THREADS=1 python studies/brats_variants_study.py --setting smoke \
+        --output studies/results/brats_smoke
+    OMP_NUM_THREADS=1 python studies/brats_variants_study.py --output studies/results/brats_variants
+    python studies/brats_variants_study.py --setting full --output studies/results/brats_variants_full   # GPU
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import ctypes
 import gc
 import json
 import statistics
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -49,7 +51,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from ignite.engine import Events  # noqa: E402
-from machine import machine_info
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # machine.py: shared with bench/
+from machine import machine_info  # noqa: E402
 
 from unet_monai.bundle import load_workflow, parse_override  # noqa: E402
 
@@ -299,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="bundle override")
     parser.add_argument("--data", type=Path, default=DATA, help="the brats2015-subset folder")
     parser.add_argument(
-        "--output", type=Path, default=Path("bench/results/brats_variants"), help="results folder"
+        "--output", type=Path, default=Path("studies/results/brats_variants"), help="results folder"
     )
     args = parser.parse_args(argv)
     setting = SETTINGS[args.setting]

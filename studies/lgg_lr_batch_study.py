@@ -12,14 +12,15 @@ and epochs; validation runs after every epoch on all the held-out patient's slic
 ``study.json`` (settings, final and best metrics, per-epoch curves, wall times), ``study.md`` (the
 table) and ``study.png`` (training / validation loss and validation Dice per epoch).
 
-    python bench/lgg_lr_batch_study.py                      # quick
-    python bench/lgg_lr_batch_study.py --epochs 20 --output bench/results/lgg_study
+    python studies/lgg_lr_batch_study.py                      # quick
+    python studies/lgg_lr_batch_study.py --epochs 20 --output studies/results/lgg_study
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +29,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from lgg_common import CURVE_KEYS, DATA, markdown_table, train  # noqa: E402
-from machine import machine_info
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # machine.py: shared with bench/
+from machine import machine_info  # noqa: E402
 
 from unet_monai.bundle import parse_override  # noqa: E402
 
@@ -95,7 +98,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="bundle override")
     parser.add_argument("--data", type=Path, default=DATA, help="the kaggle_3m folder")
-    parser.add_argument("--output", type=Path, default=Path("bench/results/lgg_study"), help="results folder")
+    parser.add_argument(
+        "--output", type=Path, default=Path("studies/results/lgg_study"), help="results folder"
+    )
     args = parser.parse_args()
     common = {
         "dataset_dir": str(args.data),
