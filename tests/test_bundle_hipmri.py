@@ -12,16 +12,15 @@ import torch
 from monai.bundle import ConfigWorkflow, verify_net_in_out
 
 from tests.conftest import HIPPOCAMPUS, REPO_ROOT, assert_scripted_export_matches, require, run_monai_bundle
+from tools.hipmri_fixture import build_hipmri_fixture, slice_affine
 from unet_monai.bundle import load_workflow
 from unet_monai.data.hipmri_layout import (
     SPLITS,
-    build_hipmri_fixture,
     hipmri_datalist,
     image_dir,
     mask_dir,
     mask_name,
     prediction_name_formatter,
-    slice_affine,
 )
 
 BUNDLE = REPO_ROOT / "bundles" / "hipmri_unet2d"

@@ -1,6 +1,6 @@
 """The lv_dicom_unet2d bundle: the DICOM + PNG layout, the reader fixes, and runs through monai.bundle.
 
-The fixture is written from real BraTS 2015 FLAIR slices (``unet_monai.data.lv_fixture``); tests that
+The fixture is written from real BraTS 2015 FLAIR slices (``tools/lv_fixture.py``); tests that
 need it skip, naming the path, when ``../shared/data/brats2015-subset`` is absent.
 """
 
@@ -23,9 +23,9 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut
 
 from tests.conftest import REPO_ROOT, SHARED_DATA, assert_scripted_export_matches, require, run_monai_bundle
+from tools.lv_fixture import ENCODINGS, build_lv_fixture
 from unet_monai.bundle import load_workflow, run_workflow
 from unet_monai.cli import main
-from unet_monai.data.lv_fixture import ENCODINGS, build_lv_fixture
 from unet_monai.data.lv_layout import dicom_files, load_transforms, lv_datalist
 
 BRATS = SHARED_DATA / "brats2015-subset"

@@ -68,3 +68,19 @@ def test_two_folds_train_evaluate_and_ensemble_at_inference(tmp_path: Path) -> N
 def test_zero_folds_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--folds: must be at least 1"):
         fit(tmp_path / "bundle", data_dir=tmp_path, folds=0)
+
+
+def test_auto_compares_3d_and_2_5d_and_keeps_the_better(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("unet_monai.planning.fit.COMPARE_MIN_BUDGET", 1.0)  # a test-sized budget
+    data = make_synthetic_dataset(tmp_path / "data", num_cases=5, shape=(20, 24, 16), seed=3)
+    report = fit(tmp_path / "bundle", data_dir=data, budget_minutes=1.0, progress=False)
+    choice = report["configuration_choice"]
+    assert set(choice["scores"]) == {"3d", "2.5d"}
+    assert choice["scores"][choice["kept"]] == max(choice["scores"].values())
+    assert report["configuration"] == choice["kept"]
+    plan = json.loads((tmp_path / "bundle" / "plan.json").read_text())
+    assert plan["configuration"] == choice["kept"]
+    assert (tmp_path / "bundle" / "models" / "model.pt").is_file()
+    assert json.loads((tmp_path / "bundle" / REPORT).read_text())["configuration_choice"] == choice

@@ -9,7 +9,7 @@ whose affine has a negative determinant (LAS, PSR, ...) comes back with ``k`` re
 positions, ``affine[:3, 2]`` negated), as it would from any DICOM reader.
 
 Integer data that fits 16 bits is stored as is; other data is stored as uint16 with a rescale slope
-and intercept, so values come back within half a slope. The idea follows ``unet_monai.data.lv_fixture``.
+and intercept, so values come back within half a slope. The idea follows ``tools/lv_fixture.py``.
 """
 
 from __future__ import annotations

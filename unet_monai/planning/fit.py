@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 from unet_monai.io import write_bytes, write_text
 
 REPORT = "fit_report.json"
+COMPARED = ("3d", "2.5d")
+COMPARE_MIN_BUDGET = 20.0  # minutes: below, "auto" fits the planned configuration only
 
 
 def pack_folds(checkpoints: list[Path], output: Path) -> Path:
@@ -47,7 +50,7 @@ def _fold_metrics(workflow: Any) -> dict[str, float]:
     return {key: round(float(value), 4) for key, value in metrics.items() if isinstance(value, (int, float))}
 
 
-def fit(
+def fit_configuration(
     output: str | Path,
     data_dir: str | Path | None = None,
     images_dir: str | Path | None = None,
@@ -59,8 +62,9 @@ def fit(
     workers: int | None = None,
     progress: bool = True,
     command: str = "unet-monai fit",
+    fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Plan, train and evaluate; returns the report (also written to ``<output>/fit_report.json``)."""
+    """Plan one configuration, train and evaluate it; the report (also in ``<output>/fit_report.json``)."""
     from unet_monai.bundle import run_workflow
     from unet_monai.planning.bundle_writer import rewrite_inference
     from unet_monai.planning.planner import plan_bundle
@@ -80,10 +84,12 @@ def fit(
         workers=workers,
         progress=progress,
         command=command,
+        fingerprint=fingerprint,
     )
     plan_seconds = time.perf_counter() - started
     report: dict[str, Any] = {
         "command": command,
+        "configuration": plan["configuration"],
         "budget_minutes": budget_minutes,
         "folds": folds,
         "per_fold": [],
@@ -119,6 +125,80 @@ def fit(
         "plan_seconds": round(plan_seconds, 1),
         "planned_epochs": plan.get("max_epochs"),
         "model": str(output / "models" / "model.pt"),
+    }
+    write_text(output / REPORT, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def should_compare(fingerprint: dict[str, Any], configuration: str, budget_minutes: float) -> bool:
+    """Whether ``fit`` compares 3D and 2.5D: "auto", volumes that are not strongly anisotropic (2D is
+    then the only plan), and a budget of at least ``COMPARE_MIN_BUDGET`` minutes (half for each)."""
+    return (
+        configuration == "auto"
+        and fingerprint["spatial_dims"] == 3
+        and fingerprint["geometry"]["thick_axis"] is None
+        and budget_minutes >= COMPARE_MIN_BUDGET
+    )
+
+
+def fit(
+    output: str | Path,
+    data_dir: str | Path | None = None,
+    images_dir: str | Path | None = None,
+    labels_dir: str | Path | None = None,
+    budget_minutes: float = 30.0,
+    folds: int = 1,
+    configuration: str = "auto",
+    device: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    command: str = "unet-monai fit",
+) -> dict[str, Any]:
+    """Plan, train and evaluate in ``output``; returns the report (also ``<output>/fit_report.json``).
+
+    With ``configuration="auto"`` on volumes and a budget of ``COMPARE_MIN_BUDGET`` minutes or more,
+    3D and 2.5D are both fitted (half the budget each, under ``output/candidates/``), and the one with
+    the higher mean validation Dice (cross-validation when ``folds`` > 1) becomes the bundle in
+    ``output``, as nnU-Net's find_best_configuration keeps the best configuration; the report says
+    both scores and why.
+    """
+    from unet_monai.planning.fingerprint import fingerprint_dataset
+
+    fingerprint = fingerprint_dataset(data_dir, images_dir, labels_dir, workers=workers, progress=progress)
+    common = {
+        "data_dir": data_dir,
+        "images_dir": images_dir,
+        "labels_dir": labels_dir,
+        "folds": folds,
+        "device": device,
+        "workers": workers,
+        "progress": progress,
+        "command": command,
+        "fingerprint": fingerprint,
+    }
+    if not should_compare(fingerprint, configuration, budget_minutes):
+        return fit_configuration(output, budget_minutes=budget_minutes, configuration=configuration, **common)
+    output = Path(output)
+    candidates = {
+        name: fit_configuration(
+            output / "candidates" / name, budget_minutes=budget_minutes / 2, configuration=name, **common
+        )
+        for name in COMPARED
+    }
+    scores = {name: report["mean_val_dice"] for name, report in candidates.items()}
+    kept = max(COMPARED, key=lambda name: scores[name])
+    other = next(name for name in COMPARED if name != kept)
+    shutil.copytree(
+        output / "candidates" / kept, output, dirs_exist_ok=True, ignore=shutil.ignore_patterns("candidates")
+    )
+    report = candidates[kept] | {
+        "budget_minutes": budget_minutes,
+        "configuration_choice": {
+            "scores": scores,
+            "kept": kept,
+            "why": f"{kept} reached a mean validation Dice of {scores[kept]} against {scores[other]} for "
+            f"{other}, each trained with half of the {budget_minutes:g}-minute budget on the same folds",
+        },
     }
     write_text(output / REPORT, json.dumps(report, indent=2) + "\n")
     return report

@@ -55,15 +55,20 @@ def plan_bundle(
     workers: int | None = None,
     progress: bool = True,
     command: str = "unet-monai plan",
+    fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a planned bundle to ``output`` from an MSD folder (``data_dir``) or ``images_dir`` +
     ``labels_dir``; returns the plan (with ``max_epochs`` fitted when ``budget_minutes`` is given).
+    ``fingerprint``: the dataset's, when already computed (else it is computed here).
 
     Raises:
         BadInputError: the dataset has a problem (one line naming the file).
         ValueError: a bad option, or a budget too small for one epoch (says how much would do).
     """
-    fingerprint = fingerprint_dataset(data_dir, images_dir, labels_dir, workers=workers, progress=progress)
+    if fingerprint is None:
+        fingerprint = fingerprint_dataset(
+            data_dir, images_dir, labels_dir, workers=workers, progress=progress
+        )
     plan = make_plan(fingerprint, configuration=configuration, device=device or default_device())
     dataset_dir = data_dir if data_dir is not None else images_dir
     arguments = (fingerprint, dataset_dir, labels_dir if data_dir is None else None)

@@ -14,7 +14,8 @@ integers with a rescale slope / intercept chosen so that the modality LUT gives 
 values to within half a slope. Files cycle through four encodings that a DICOM reader must
 handle: signed and unsigned 16-bit, 12 of 16 bits stored, and MONOCHROME1 (inverted grey scale).
 
-Run ``python -m unet_monai.data.lv_fixture --output /tmp/lv_dicom_fixture`` to write it.
+Run ``python tools/lv_fixture.py --output /tmp/lv_dicom_fixture`` (from the repository root) to write it; the
+tests import ``build_lv_fixture``.
 """
 
 from __future__ import annotations
