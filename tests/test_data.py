@@ -80,3 +80,26 @@ def test_synthetic_dataset_is_seeded_with_real_geometry(tmp_path: Path) -> None:
     assert nib.aff2axcodes(image.affine)[0] == "L"  # not RAS
     values, counts = np.unique(np.asarray(label.dataobj), return_counts=True)
     assert values.tolist() == [0, 1, 2] and counts.min() > 100
+
+
+def test_fold_split_validates_every_case_once_over_the_folds() -> None:
+    from unet_monai.data import fold_split
+
+    items = [{"image": f"case_{k}.nii.gz"} for k in range(11)]
+    validated = []
+    for fold in range(5):
+        train, validation = fold_split(items, num_folds=5, fold=fold, seed=0)
+        assert len(train) + len(validation) == 11 and not {i["image"] for i in train} & {
+            i["image"] for i in validation
+        }
+        validated += [item["image"] for item in validation]
+    assert sorted(validated) == sorted(item["image"] for item in items)
+    assert fold_split(items, 5, 2, 0) == fold_split(items, 5, 2, 0)  # seeded: the same folds every time
+    for arguments, message in [
+        ((1, 0), "num_folds: must be at least 2"),
+        ((5, 5), "fold: must be between 0 and 4"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            fold_split(items, *arguments)
+    with pytest.raises(ValueError, match="12 folds need at least 12 cases"):
+        fold_split(items, 12, 0)

@@ -11,6 +11,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "datalists": (
             "case_name",
+            "fold_split",
             "folder_datalist",
             "msd_datalist",
             "msd_label_names",

@@ -169,3 +169,20 @@ def split_datalist(
     num_val = min(max(1, round(len(items) * val_fraction)), len(items) - 1)
     train, val = partition_dataset(items, ratios=[len(items) - num_val, num_val], shuffle=True, seed=seed)
     return list(train), list(val)
+
+
+def fold_split(
+    items: list[dict], num_folds: int = 5, fold: int = 0, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
+    """(train, validation) for fold ``fold`` of ``num_folds``: the cases shuffled with ``seed`` and cut
+    into ``num_folds`` parts (MONAI's ``partition_dataset``); part ``fold`` validates, the others train.
+    The same seed gives every fold the same partition, so the folds' validation sets cover every case once."""
+    if num_folds < 2:
+        raise ValueError(f"num_folds: must be at least 2, got {num_folds}")
+    if not 0 <= fold < num_folds:
+        raise ValueError(f"fold: must be between 0 and {num_folds - 1}, got {fold}")
+    if len(items) < num_folds:
+        raise ValueError(f"num_folds: {num_folds} folds need at least {num_folds} cases, got {len(items)}")
+    parts = partition_dataset(items, num_partitions=num_folds, shuffle=True, seed=seed)
+    train = [item for index, part in enumerate(parts) if index != fold for item in part]
+    return train, list(parts[fold])
