@@ -94,3 +94,14 @@ def test_a_folder_of_images_and_one_of_labels_plans_too(tmp_path: Path) -> None:
     workflow = run_workflow(tmp_path / "bundle", "train", max_epochs=1, val_interval=1)
     assert len(workflow.parser.get_parsed_content("split")[1]) == 1  # fold 0 of 5 holds one case
     assert (tmp_path / "bundle" / "models" / "model.pt").is_file()
+
+
+def test_planning_into_an_existing_bundle_is_refused_unless_forced(
+    planned: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    bundle = shutil.copytree(planned[0], tmp_path / "bundle")
+    (bundle / "models" / "model.pt").write_bytes(b"trained weights")
+    with pytest.raises(FileExistsError, match="holds a bundle already"):
+        plan_bundle(bundle, data_dir=planned[1], progress=False)
+    plan_bundle(bundle, data_dir=planned[1], progress=False, overwrite=True)
+    assert (bundle / "models" / "model.pt").read_bytes() == b"trained weights"  # never touched

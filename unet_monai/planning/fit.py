@@ -63,6 +63,7 @@ def fit_configuration(
     progress: bool = True,
     command: str = "unet-monai fit",
     fingerprint: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Plan one configuration, train and evaluate it; the report (also in ``<output>/fit_report.json``)."""
     from unet_monai.bundle import run_workflow
@@ -85,6 +86,7 @@ def fit_configuration(
         progress=progress,
         command=command,
         fingerprint=fingerprint,
+        overwrite=overwrite,
     )
     plan_seconds = time.perf_counter() - started
     report: dict[str, Any] = {
@@ -153,6 +155,7 @@ def fit(
     workers: int | None = None,
     progress: bool = True,
     command: str = "unet-monai fit",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Plan, train and evaluate in ``output``; returns the report (also ``<output>/fit_report.json``).
 
@@ -175,6 +178,7 @@ def fit(
         "progress": progress,
         "command": command,
         "fingerprint": fingerprint,
+        "overwrite": overwrite,
     }
     if not should_compare(fingerprint, configuration, budget_minutes):
         return fit_configuration(output, budget_minutes=budget_minutes, configuration=configuration, **common)

@@ -56,15 +56,22 @@ def plan_bundle(
     progress: bool = True,
     command: str = "unet-monai plan",
     fingerprint: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write a planned bundle to ``output`` from an MSD folder (``data_dir``) or ``images_dir`` +
     ``labels_dir``; returns the plan (with ``max_epochs`` fitted when ``budget_minutes`` is given).
-    ``fingerprint``: the dataset's, when already computed (else it is computed here).
+    ``fingerprint``: the dataset's, when already computed (else it is computed here). An ``output`` that
+    holds a bundle is refused unless ``overwrite`` (its models/ and runs/ are never touched).
 
     Raises:
         BadInputError: the dataset has a problem (one line naming the file).
+        FileExistsError: ``output`` holds a bundle and ``overwrite`` is off.
         ValueError: a bad option, or a budget too small for one epoch (says how much would do).
     """
+    if (Path(output) / "configs").exists() and not overwrite:
+        raise FileExistsError(
+            f"{output}: holds a bundle already; give another --output, or --force to replace its configs"
+        )
     if fingerprint is None:
         fingerprint = fingerprint_dataset(
             data_dir, images_dir, labels_dir, workers=workers, progress=progress
