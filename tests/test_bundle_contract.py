@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HIPPOCAMPUS, REPO_ROOT, require
+from tests.conftest import HIPPOCAMPUS, REPO_ROOT, SHARED_DATA, require
 from tools.check_json import main as check_json
 from unet_monai.bundle_contract import (
     NO_SHIPPED_WEIGHTS,
@@ -29,6 +29,49 @@ from unet_monai.bundle_contract import (
 )
 
 BUNDLES = sorted(path for path in (REPO_ROOT / "bundles").iterdir() if (path / "configs").is_dir())
+BRATS = SHARED_DATA / "brats2015-subset"
+EM = SHARED_DATA / "isbi2012-em"
+LGG = SHARED_DATA / "lgg-kaggle3m-subset" / "kaggle_3m"
+BRATS_PATIENTS = ["brats_2013_pat0001_1", "brats_2013_pat0002_1"]
+
+
+def _synthetic(request: pytest.FixtureRequest) -> tuple[Path, Path, dict]:
+    root = request.getfixturevalue("synthetic_dataset")
+    return root, root / "imagesTr", {}
+
+
+def _hipmri(request: pytest.FixtureRequest) -> tuple[Path, Path, dict]:
+    from tools.hipmri_fixture import build_hipmri_fixture
+    from unet_monai.data.hipmri_layout import image_dir
+
+    root = request.getfixturevalue("tmp_path_factory").mktemp("hipmri")
+    build_hipmri_fixture(require(HIPPOCAMPUS), root, num_cases=(2, 1, 1), seed=1)
+    return root, image_dir(root, "test"), {}
+
+
+def _lv(request: pytest.FixtureRequest) -> tuple[Path, Path, dict]:
+    from tools.lv_fixture import build_lv_fixture
+
+    root = request.getfixturevalue("tmp_path_factory").mktemp("lv_fixture")
+    build_lv_fixture(root, require(BRATS), num_train=10, num_test=4)
+    return root, root / "test", {}
+
+
+# Per bundle: its training dataset_dir, its inference dataset_dir (a folder of inputs) and overrides that
+# keep training / evaluation small. A bundle added under bundles/ needs an entry here.
+DATASETS = {
+    "brats_unet_variants": lambda request: (
+        require(BRATS),
+        require(BRATS) / "test",
+        {"patients": BRATS_PATIENTS, "num_folds": 2, "param_budget": 30_000, "roi_size": [48, 48]},
+    ),
+    "em_cells_unet2d": lambda request: (require(EM), require(EM) / "test", {}),
+    "hipmri_unet2d": _hipmri,
+    "hippocampus_unet2d": _synthetic,
+    "hippocampus_unet3d": _synthetic,
+    "lgg_unet2d": lambda request: (require(LGG), require(LGG), {}),
+    "lv_dicom_unet2d": _lv,
+}
 ZOO_RUN = ["--bundle_root", ".", "--meta_file", "configs/metadata.json", "--config_file"]
 ZOO_RUN += ["configs/inference.json", "--logging_file", "configs/logging.conf"]
 
@@ -43,6 +86,40 @@ def test_bundle_keeps_the_contract(bundle: Path) -> None:
     """bundles/CONTRACT.md: the same ids for the same settings, handlers by id, saved training settings,
     overlays and shared blocks."""
     assert contract_problems(bundle) == []
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[path.name for path in BUNDLES])
+def test_monai_finds_every_workflow_property(
+    bundle: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """MONAI's check_properties on each workflow, initialised on real (or fixture) data."""
+    from unet_monai.bundle import load_workflow
+
+    assert bundle.name in DATASETS, f"{bundle.name}: add its data to DATASETS"
+    train_data, inference_data, overrides = DATASETS[bundle.name](request)
+    for name in ("train", "evaluate", "inference"):
+        data, extra = (inference_data, {}) if name == "inference" else (train_data, overrides)
+        workflow = load_workflow(bundle, name, bundle_root=str(tmp_path), dataset_dir=str(data), **extra)
+        workflow.initialize()
+        assert workflow.check_properties() == [], name
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[path.name for path in BUNDLES])
+def test_a_missing_or_empty_dataset_is_one_line_naming_the_key(bundle: Path, tmp_path: Path) -> None:
+    """Inference never runs on nothing: the datalist of a missing or empty dataset_dir ends the run with
+    one line (a SystemExit, so ``python -m monai.bundle run`` prints it without a traceback)."""
+    from unet_monai.bundle import load_workflow
+
+    (tmp_path / "empty").mkdir()
+    for dataset, message in (
+        (tmp_path / "empty", f"dataset_dir: {tmp_path / 'empty'} holds no images"),
+        (tmp_path / "missing", f"dataset_dir: {tmp_path / 'missing'}: no such folder"),
+    ):
+        parser = load_workflow(bundle, "inference", dataset_dir=str(dataset)).parser
+        with pytest.raises(SystemExit) as stop:
+            parser.get_parsed_content("datalist")
+        assert str(stop.value.code).startswith(message), stop.value.code
+        assert "\n" not in str(stop.value.code)
 
 
 def test_bundles_without_weights_are_real_bundles() -> None:
@@ -158,6 +235,11 @@ DEFECTS = {
         "metadata.json",
         lambda c: c["network_data_format"]["inputs"]["image"].update(num_channels=3),
         "metadata.json: image num_channels 3 is not network_def's in_channels 1",
+    ),
+    "metadata output unlike the network": (
+        "metadata.json",
+        lambda c: c["network_data_format"]["outputs"]["pred"].update(num_channels=2),
+        "metadata.json: pred num_channels 2 is not network_def's out_channels 1",
     ),
     "inference without the deploy ids": (
         "inference.json",

@@ -630,19 +630,22 @@ def contract_problems(bundle_dir: str | Path, reference: str | Path | None = Non
             )
     meta = configs.get("metadata.json")
     formats = meta.get("network_data_format") if isinstance(meta, dict) else None
-    if isinstance(formats, dict):
-        for side, key in (("inputs", "image"), ("outputs", "pred")):
-            if not (isinstance(formats.get(side), dict) and key in formats[side]):
-                problems.append(
-                    f"metadata.json: network_data_format {side} has no '{key}' (MONAI Deploy's names)"
-                )
-    in_channels = inference.get("network_def", {}).get("in_channels") if isinstance(inference, dict) else None
-    if isinstance(formats, dict) and isinstance(in_channels, int):
-        image = formats.get("inputs", {}).get("image", {}) if isinstance(formats.get("inputs"), dict) else {}
-        if isinstance(image, dict) and image.get("num_channels") != in_channels:
+    network = inference.get("network_def") if isinstance(inference.get("network_def"), dict) else {}
+    for side, key, argument in (("inputs", "image", "in_channels"), ("outputs", "pred", "out_channels")):
+        if not isinstance(formats, dict):
+            break
+        item = formats.get(side, {}).get(key) if isinstance(formats.get(side), dict) else None
+        if not isinstance(item, dict):
             problems.append(
-                f"metadata.json: image num_channels {image.get('num_channels')} is not network_def's "
-                f"in_channels {in_channels}"
+                f"metadata.json: network_data_format {side} has no '{key}' (MONAI Deploy's names)"
+            )
+            continue
+        channels = network.get(argument)
+        channels = inference.get("num_classes") if channels == "@num_classes" else channels
+        if isinstance(channels, int) and item.get("num_channels") != channels:
+            problems.append(
+                f"metadata.json: {key} num_channels {item.get('num_channels')} is not network_def's "
+                f"{argument} {channels}"
             )
     if isinstance(meta, dict) and isinstance(inference.get("num_classes"), int):
         try:
