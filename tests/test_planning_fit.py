@@ -40,7 +40,11 @@ def test_two_folds_train_evaluate_and_ensemble_at_inference(tmp_path: Path) -> N
     assert [entry["fold"] for entry in report["per_fold"]] == [0, 1]
     for entry in report["per_fold"]:
         assert 0.0 <= entry["metrics"]["val_mean_dice"] <= 1.0 and entry["epochs"] >= 1
-        assert (Path(entry["evaluation"]) / "val_mean_dice_raw.csv").is_file()
+        evaluation = Path(entry["evaluation"])
+        assert (evaluation / "val_mean_dice_raw.csv").is_file() and (evaluation / "metrics.csv").is_file()
+        summary = json.loads((evaluation / "summary.json").read_text())
+        assert summary["num_cases"] == 3 and 0.0 <= summary["mean"]["dice"] <= 1.0
+        assert (evaluation / "overlay_best.png").is_file()
     dice = [entry["metrics"]["val_mean_dice"] for entry in report["per_fold"]]
     assert report["mean_val_dice"] == pytest.approx(sum(dice) / 2, abs=1e-4)
     # the two folds' validation cases together are every case once (3 + 3 of 6)

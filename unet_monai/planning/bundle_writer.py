@@ -444,12 +444,47 @@ def inference_config(plan: dict[str, Any], dataset_dir: str) -> dict[str, Any]:
 
 
 def evaluate_config() -> dict[str, Any]:
-    """evaluate.json, layered on train.json: the fold's validation cases with ``ckpt_path``, metrics
-    per case and a summary (MONAI's MetricsSaver), masks on the files' grids."""
+    """evaluate.json, layered on train.json: the fold's validation cases through ``ckpt_path`` with mirror
+    TTA; masks written on each file's own grid (``pred_dir``), then ``unet_monai.evaluate``'s per-case CSV,
+    summary.json and overlay figures, and MONAI's MetricsSaver CSVs."""
     return {
         "ckpt_path": "$@ckpt_dir + '/model.pt'",
         "output_dir": "$@bundle_root + '/eval'",
+        "pred_dir": "$@output_dir + '/pred'",
         "validate#inferer#mirror_axes": "@flip_axes",
+        "validate#postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                {"_target_": "CopyItemsd", "keys": "pred", "names": "pred_on_source"},
+                {
+                    "_target_": "Invertd",
+                    "keys": "pred_on_source",
+                    "transform": "@validate#preprocessing",
+                    "orig_keys": "image",
+                    "nearest_interp": False,
+                    "to_tensor": True,
+                },
+                {"_target_": "AsDiscreted", "keys": "pred_on_source", "argmax": True},
+                {
+                    "_target_": "unet_monai.transforms.AtomicSaveImaged",
+                    "keys": "pred_on_source",
+                    "output_dir": "@pred_dir",
+                    "output_postfix": "seg",
+                    "output_dtype": "$numpy.uint8",
+                    "resample": False,
+                    "separate_folder": False,
+                    "print_log": False,
+                },
+                {"_target_": "DeleteItemsd", "keys": "pred_on_source"},
+                {
+                    "_target_": "AsDiscreted",
+                    "keys": ["pred", "label"],
+                    "argmax": [True, False],
+                    "to_onehot": "@num_classes",
+                },
+            ],
+        },
         "validate#handlers": [
             {
                 "_target_": "CheckpointLoader",
@@ -467,12 +502,28 @@ def evaluate_config() -> dict[str, Any]:
                 "summary_ops": "*",
             },
         ],
+        "report": {
+            "_target_": "unet_monai.evaluate.evaluate_folders",
+            "_mode_": "callable",
+            "pred_dir": "@pred_dir",
+            "label_dir": "$os.path.dirname(@split[1][0]['label'])",
+            "output_dir": "@output_dir",
+            "num_classes": "@num_classes",
+            "class_names": "@class_names",
+            "cases": "$[unet_monai.data.case_name(item['label']) for item in @split[1]]",
+            "images": "${unet_monai.data.case_name(item['label']): item['image'] for item in @split[1]}",
+            "log_dir": "$@bundle_root + '/runs'",
+        },
         "initialize": [
             "$monai.utils.set_determinism(seed=@seed)",
             "$print('evaluating', os.path.abspath(@ckpt_path), 'on', len(@split[1]), "
             "'validation cases of fold', @fold)",
         ],
-        "run": ["$@validate#evaluator.run()", "$print('per-case metrics and summary in', @output_dir)"],
+        "run": [
+            "$@validate#evaluator.run()",
+            "$@report()",
+            "$print('per-case metrics, summary.json and figures in', @output_dir)",
+        ],
     }
 
 
