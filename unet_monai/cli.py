@@ -1,4 +1,4 @@
-"""The ``unet-monai`` command line: demo, train, infer, evaluate, networks, pacs.
+"""The ``unet-monai`` command line: demo, train, infer, evaluate, plan, fit, networks, pacs.
 
 This module only parses options: each command calls its job in ``unet_monai.jobs`` with plain
 arguments. Nothing heavy is imported here, so ``unet-monai --help`` answers at once.
@@ -240,6 +240,53 @@ def build_parser() -> argparse.ArgumentParser:
         "(training loss per iteration, validation Dice per class and mean per epoch)",
     )
     evaluate.set_defaults(job=jobs.evaluate)
+
+    for name, job, summary in (
+        ("plan", jobs.plan, "fingerprint your dataset and write a planned bundle (no training)"),
+        ("fit", jobs.fit, "plan, train and evaluate a bundle for your dataset in one command"),
+    ):
+        command = commands.add_parser(
+            name,
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}: the data's spacing, intensities, classes and "
+            "sizes decide the resampling, normalisation, configuration (2D / 2.5D / 3D), patch and network "
+            "(plan.json says why), and the epochs fit the time budget as measured on this machine.",
+        )
+        command.add_argument("--data", metavar="DIR", help="MSD / nnU-Net folder with dataset.json")
+        command.add_argument(
+            "--images", metavar="DIR", help="folder of images (with --labels, paired by name)"
+        )
+        command.add_argument("--labels", metavar="DIR", help="folder of label maps")
+        command.add_argument("--output", required=True, metavar="DIR", help="the bundle folder to write")
+        command.add_argument(
+            "--budget",
+            type=float,
+            default=30.0 if name == "fit" else None,
+            metavar="MINUTES",
+            help="training time to plan for, measured on this machine"
+            + (" (default 30)" if name == "fit" else " (default: no fitting; the plan's default epochs)"),
+        )
+        command.add_argument(
+            "--configuration",
+            choices=["auto", "2d", "2.5d", "3d"],
+            default="auto",
+            help="auto (default): from the data; fit compares 3d and 2.5d by validation Dice when the "
+            "budget allows (>= 20 minutes, half each)",
+        )
+        command.add_argument(
+            "--device", choices=["cpu", "cuda"], help="plan for this device (default: this one)"
+        )
+        command.add_argument("--workers", type=int, help="processes reading the dataset (default: up to 4)")
+        command.add_argument("--force", action="store_true", help="replace the configs of an existing bundle")
+        if name == "fit":
+            command.add_argument(
+                "--folds",
+                type=int,
+                default=1,
+                help="K > 1: K-fold cross-validation sharing the budget; the "
+                "folds' models are ensembled at inference (default 1: fold 0 of 5, a fifth validates)",
+            )
+        command.set_defaults(job=job)
 
     networks = commands.add_parser(
         "networks", help="list the registered networks", description="List the network registry's names."

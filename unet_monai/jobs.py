@@ -394,6 +394,116 @@ def evaluate(
     return 0
 
 
+def _dataset_arguments(data: str | None, images: str | None, labels: str | None) -> dict[str, str | None]:
+    """``--data DIR`` (an MSD / nnU-Net folder) or ``--images DIR --labels DIR``, checked."""
+    if data is not None and (images is not None or labels is not None):
+        raise JobError("give --data DIR, or --images DIR and --labels DIR, not both")
+    if data is None and (images is None or labels is None):
+        raise JobError("give --data DIR (a folder with dataset.json), or --images DIR and --labels DIR")
+    for folder in (data, images, labels):
+        if folder is not None and not Path(folder).is_dir():
+            raise JobError(f"{folder}: no such folder")
+    return {"data_dir": data, "images_dir": images, "labels_dir": labels}
+
+
+def _command_line(name: str, output: str, **options: Any) -> str:
+    """The command that made a bundle, for its README (options left at None are left out)."""
+    parts = [f"unet-monai {name}"]
+    parts += [
+        f"--{key.replace('_', '-')} {value}" for key, value in options.items() if value not in (None, False)
+    ]
+    return " ".join([*parts, f"--output {output}"])
+
+
+def plan(
+    output: str,
+    data: str | None = None,
+    images: str | None = None,
+    labels: str | None = None,
+    budget: float | None = None,
+    configuration: str = "auto",
+    device: str | None = None,
+    workers: int | None = None,
+    force: bool = False,
+) -> int:
+    """Fingerprint a dataset, plan, and write a bundle (epochs fitted to ``budget`` minutes if given)."""
+    from unet_monai.planning.plan import summary_lines
+    from unet_monai.planning.planner import plan_bundle
+
+    dataset = _dataset_arguments(data, images, labels)
+    command = _command_line(
+        "plan",
+        output,
+        data=data,
+        images=images,
+        labels=labels,
+        budget=budget,
+        configuration=None if configuration == "auto" else configuration,
+    )
+    result = plan_bundle(
+        output,
+        **dataset,
+        budget_minutes=budget,
+        configuration=configuration,
+        device=device,
+        workers=workers,
+        command=command,
+        overwrite=force,
+    )
+    print("\n".join(summary_lines(result)))
+    print(f"bundle: {output} (plan.json, fingerprint.json, docs/README.md)")
+    print(f"train it: unet-monai train --bundle {output}")
+    return 0
+
+
+def fit(
+    output: str,
+    data: str | None = None,
+    images: str | None = None,
+    labels: str | None = None,
+    budget: float = 30.0,
+    folds: int = 1,
+    configuration: str = "auto",
+    device: str | None = None,
+    workers: int | None = None,
+    force: bool = False,
+) -> int:
+    """Plan, train and evaluate in one command; prints the validation Dice and where the model is."""
+    from unet_monai.planning.fit import REPORT
+    from unet_monai.planning.fit import fit as fit_dataset
+
+    dataset = _dataset_arguments(data, images, labels)
+    command = _command_line(
+        "fit", output, data=data, images=images, labels=labels, budget=budget, folds=folds
+    )
+    report = fit_dataset(
+        output,
+        **dataset,
+        budget_minutes=budget,
+        folds=folds,
+        configuration=configuration,
+        device=device,
+        workers=workers,
+        command=command,
+        overwrite=force,
+    )
+    for entry in report["per_fold"]:
+        print(
+            f"fold {entry['fold']}: validation Dice {entry['metrics']['val_mean_dice']:.4f} after "
+            f"{entry['epochs']} epochs ({entry['train_seconds']:.0f} s); evaluation in {entry['evaluation']}"
+        )
+    if "configuration_choice" in report:
+        print(f"configuration: {report['configuration_choice']['why']}")
+    print(
+        f"mean validation Dice {report['mean_val_dice']:.4f} ({report['configuration']}); report: "
+        f"{Path(output) / REPORT}"
+    )
+    print(
+        f"model: {report['model']}; infer: unet-monai infer --bundle {output} --input IMAGES --output MASKS"
+    )
+    return 0
+
+
 def networks() -> int:
     """Print the network registry's names."""
     from unet_monai.networks import list_networks
@@ -411,4 +521,15 @@ def demo(output: str, epochs: int, cases: int) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_CHECKPOINT", "JobError", "demo", "evaluate", "infer", "networks", "pacs", "train"]
+__all__ = [
+    "DEFAULT_CHECKPOINT",
+    "JobError",
+    "demo",
+    "evaluate",
+    "fit",
+    "infer",
+    "networks",
+    "pacs",
+    "plan",
+    "train",
+]
