@@ -12,6 +12,7 @@ import torch
 
 from tests.conftest import AXIAL_ONLY, HIPPOCAMPUS, HIPPOCAMPUS_BUNDLE
 from unet_monai.bundle import load_workflow
+from unet_monai.checkpoints import read_state_dict
 
 SMALL = {**AXIAL_ONLY, "network_def#features": 8}
 SMALL_ARGS = ["--set", "network_def#features=8", "--set", "members=" + json.dumps(AXIAL_ONLY["members"])]
@@ -34,7 +35,7 @@ def balanced_checkpoint(checkpoint: Path, image: Path, output: Path) -> Path:
     each class's median logit is zero: a network trained one epoch on synthetic data calls every voxel of a
     real volume one class; shifted, it gives masks of all three classes that depend on the image."""
     network = load_workflow(HIPPOCAMPUS_BUNDLE, "inference", **SMALL).parser.get_parsed_content("network_def")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = read_state_dict(checkpoint)  # a training's model.pt also holds its settings
     network.load_state_dict(state)
     network.eval()
     volume = np.asarray(nib.load(image).dataobj, dtype=np.float32)
