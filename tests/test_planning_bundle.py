@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -105,3 +107,20 @@ def test_planning_into_an_existing_bundle_is_refused_unless_forced(
         plan_bundle(bundle, data_dir=planned[1], progress=False)
     plan_bundle(bundle, data_dir=planned[1], progress=False, overwrite=True)
     assert (bundle / "models" / "model.pt").read_bytes() == b"trained weights"  # never touched
+
+
+def test_a_planned_bundle_runs_as_a_model_zoo_user_runs_it(
+    planned: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    """From inside the bundle folder, MONAI's own command with only --dataset_dir (and an output)."""
+    bundle = shutil.copytree(planned[0], tmp_path / "bundle")
+    run_workflow(bundle, "train", max_epochs=1, val_interval=1)
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "--bundle_root", ".",
+        "--meta_file", "configs/metadata.json",
+        "--config_file", "configs/inference.json", "--logging_file", "configs/logging.conf",
+        "--dataset_dir", str(planned[1] / "imagesTr"), "--output_dir", str(tmp_path / "masks"),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert len(list((tmp_path / "masks").glob("*_seg.nii.gz"))) == 6
