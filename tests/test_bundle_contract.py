@@ -21,7 +21,6 @@ from tests.conftest import HIPPOCAMPUS, REPO_ROOT, SHARED_DATA, require
 from tools.check_json import main as check_json
 from unet_monai.bundle_contract import (
     NO_SHIPPED_WEIGHTS,
-    RECIPE_SWITCH_PENDING,
     contract_problems,
     read_large_files,
     zoo_json,
@@ -124,7 +123,6 @@ def test_a_missing_or_empty_dataset_is_one_line_naming_the_key(bundle: Path, tmp
 
 def test_bundles_without_weights_are_real_bundles() -> None:
     assert NO_SHIPPED_WEIGHTS <= {path.name for path in BUNDLES}
-    assert RECIPE_SWITCH_PENDING <= {path.name for path in BUNDLES}
 
 
 def _edit(bundle: Path, name: str, change) -> None:  # noqa: ANN001

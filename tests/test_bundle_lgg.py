@@ -11,7 +11,7 @@ import pytest
 import scipy.ndimage
 import tifffile
 import torch
-from monai.bundle import verify_net_in_out
+from monai.bundle import ConfigParser, verify_net_in_out
 from monai.transforms import LoadImage
 
 from tests.conftest import REPO_ROOT, SHARED_DATA, assert_scripted_export_matches, require, run_monai_bundle
@@ -30,6 +30,7 @@ from unet_monai.data.lgg_layout import (
 LGG = SHARED_DATA / "lgg-kaggle3m-subset" / "kaggle_3m"
 LGG_BUNDLE = REPO_ROOT / "bundles" / "lgg_unet2d"
 CONFIGS = LGG_BUNDLE / "configs"
+OURS = json.loads((CONFIGS / "ours.json").read_text())  # the "ours" recipe overlay
 PATIENT = "TCGA_CS_4941_19960909"
 # Two patients (28 + 20 slices), small images and a tiny network: one epoch takes seconds.
 SMOKE = {
@@ -179,9 +180,15 @@ def test_cli_reports_a_bad_file_in_one_line(tmp_path: Path, capsys: pytest.Captu
     assert code == 2 and err.count("\n") == 0 and str(mask) in err, err
 
 
-def test_recipes_switch_with_one_override() -> None:
+def test_ours_overlay_changes_the_recipe() -> None:
+    """configs/ours.json merged over train.json (as monai.bundle run --config_file [train, ours] does), and
+    the same values given as overrides (as unet-monai --set does)."""
     original = load_workflow(LGG_BUNDLE, "train").parser
-    ours = load_workflow(LGG_BUNDLE, "train", recipe="ours").parser
+    merged = ConfigParser()
+    merged.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "ours.json")])
+    ours = load_workflow(LGG_BUNDLE, "train", **OURS).parser
+    for key in OURS:
+        assert merged.get_parsed_content(key) == ours.get_parsed_content(key), key
     assert (
         original.get_parsed_content("intensity") == "range"
         and ours.get_parsed_content("intensity") == "zscore"
@@ -196,9 +203,7 @@ def test_recipes_switch_with_one_override() -> None:
     assert ours.get_parsed_content("network_def").in_channels == 1
     assert original.get_parsed_content("largest_component") is False
     # Adam 0.01: constant in the original (power 0), decayed to 0 in ours (power 0.9); both one override away
-    constant = load_workflow(
-        LGG_BUNDLE, "train", recipe="ours", **{"recipes#ours#lr_decay_power": 0.0}
-    ).parser
+    constant = load_workflow(LGG_BUNDLE, "train", **{**OURS, "lr_decay_power": 0.0}).parser
     for parser, lr, power in ((original, 0.01, 0.0), (ours, 0.01, 0.9), (constant, 0.01, 0.0)):
         optimizer = parser.get_parsed_content("optimizer")
         scheduler = parser.get_parsed_content("lr_scheduler")
@@ -237,15 +242,13 @@ def test_evaluate_and_infer_with_the_trained_checkpoint(smoke_run: tuple[Path, s
     # The checkpoint comes from the original recipe; "ours" here runs evaluate.json's mirror-TTA
     # path on it (the same network), so this checks the plumbing, not the figure.
     # The checkpoint has 3 input channels: ours here reads all three, and keeps the largest 3D component.
-    ours_on_3_channels = {"recipes#ours#channels": None, "recipes#ours#largest_component": True}
+    ours_on_3_channels = {**OURS, "channels": None, "largest_component": True}
     evaluation = run_workflow(
         LGG_BUNDLE,
         "evaluate",
         dataset_dir=str(LGG),
         bundle_root=str(root),
-        recipe="ours",
-        **overrides,
-        **ours_on_3_channels,
+        **{**ours_on_3_channels, **overrides},
     )
     metrics = evaluation.parser.get_parsed_content("validate#evaluator").state.metrics
     assert {"val_dice", "val_slice_dice", "val_loss"} <= set(metrics) and 0.0 <= metrics["val_dice"] <= 1.0
@@ -273,8 +276,7 @@ def test_evaluate_and_infer_with_the_trained_checkpoint(smoke_run: tuple[Path, s
     written = tifffile.imread(masks[0])
     assert written.shape == (256, 256) and written.dtype == np.uint8 and set(np.unique(written)) <= {0, 255}
     # with the 3D step on, inference leaves at most one 3D component of the patient's masks
-    step = ["--set", "recipe=ours", "--set", "recipes#ours#channels=null", "--set"]
-    step += ["recipes#ours#largest_component=true"]
+    step = ["--set", "intensity=zscore", "--set", "mirror_axes=[0]", "--set", "largest_component=true"]
     out = tmp_path / "largest"
     assert (
         cli_main(args[:-1] + [str(out), "--checkpoint", str(root / "models" / "model.pt")] + settings + step)

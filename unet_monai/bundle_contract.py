@@ -404,9 +404,6 @@ SHARED_FIRST = {
     ("train.json", "run"): "$@train#trainer.run()",
     ("inference.json", "run"): "$@evaluator.run()",
 }
-# Bundles still switching recipes by an id (`recipe`) instead of a configs/<recipe>.json overlay; a
-# bundle leaves this list in the commit that moves its recipes into overlays.
-RECIPE_SWITCH_PENDING = frozenset({"lgg_unet2d"})
 POSITIONAL_HANDLER = re.compile(r"#handlers#\d")
 
 
@@ -593,12 +590,11 @@ def contract_problems(bundle_dir: str | Path, reference: str | Path | None = Non
             for old, new in RENAMED_IDS.items()
             if old in config
         ]
-        if bundle.name not in RECIPE_SWITCH_PENDING:
-            problems += [
-                f"configs/{name}: '{key}' switches recipes by id (use a configs/<recipe>.json overlay)"
-                for key in ("recipe", "recipes")
-                if key in config
-            ]
+        problems += [
+            f"configs/{name}: '{key}' switches recipes by id (use a configs/<recipe>.json overlay)"
+            for key in ("recipe", "recipes")
+            if key in config
+        ]
         for text in sorted({s for s in _strings(config) if POSITIONAL_HANDLER.search(s)}):
             problems.append(f"configs/{name}: {text!r} references a handler by list position (use an id)")
     for name, config in configs.items():
