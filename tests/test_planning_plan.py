@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from monai.inferers import SimpleInferer
+from monai.losses import DiceCELoss
 
 from tests.conftest import HIPPOCAMPUS, require
 from unet_monai.data import make_synthetic_dataset, msd_datalist
-from unet_monai.planning.budget import BUDGET_MARGIN, fit_epochs, measure_costs
+from unet_monai.networks import create_network
+from unet_monai.planning.budget import BUDGET_MARGIN, TrainingParts, fit_epochs, measure_costs
 from unet_monai.planning.fingerprint import fingerprint_dataset
 from unet_monai.planning.plan import make_plan, summary_lines
 from unet_monai.transforms import build_eval_transforms, build_train_transforms
@@ -165,7 +169,18 @@ def test_costs_are_measured_with_the_plans_chains_and_network(tmp_path: Path) ->
         ),
         build_eval_transforms(num_classes=plan["num_classes"]),
     )
-    costs = measure_costs(plan, chains, msd_datalist(data)[:2], steps=1, warmup=0)
+    network = create_network(
+        "ronneberger_unet",
+        out_channels=plan["num_classes"],
+        **{k: v for k, v in plan["network"].items() if k != "name"},
+    )
+    parts = TrainingParts(
+        network,
+        DiceCELoss(to_onehot_y=True, softmax=True),
+        torch.optim.AdamW(network.parameters()),
+        SimpleInferer(),
+    )
+    costs = measure_costs(plan, chains, parts, msd_datalist(data)[:2], steps=1, warmup=0)
     assert costs["step_seconds"] >= costs["network_step_seconds"] > 0
     assert costs["cache_seconds_per_case"] > 0 and costs["validation_seconds_per_case"] > 0
 

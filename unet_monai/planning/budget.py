@@ -5,8 +5,8 @@
 - **caching**: the chain's deterministic part (load, check, orient, scale, resample) per case, which
   MONAI's ``CacheDataset`` runs once before training;
 - **a training step**: the chain's random part for one batch of cached cases (patch sampling,
-  augmentation) plus the network's forward, loss, backward and optimiser step on a batch of the plan's
-  shape;
+  augmentation) plus the bundle's own network, loss, optimiser and training inferer (bfloat16 forward on
+  CPUs that have it) on a batch of the plan's shape;
 - **validation**: the network's forward on one window, times the windows a case needs (validation
   cases are cached too, so their preprocessing is part of caching).
 
@@ -19,7 +19,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass
+class TrainingParts:
+    """What a training step runs, as the bundle's train.json builds it."""
+
+    network: Any
+    loss: Any
+    optimizer: Any
+    inferer: Any
+
 
 BUDGET_MARGIN = 0.9  # plan for this share of the budget: the rest absorbs what the model misses
 TARGET_VALIDATIONS = 10
@@ -43,37 +55,40 @@ def _apply(transforms: Sequence[Any], data: Any) -> Any:
     return data
 
 
-def _network_seconds(plan: dict[str, Any], steps: int, warmup: int) -> tuple[float, float]:
-    """Seconds per training step (batch of the plan's shape) and per inference window."""
+def _network_seconds(
+    parts: TrainingParts, plan: dict[str, Any], steps: int, warmup: int
+) -> tuple[float, float]:
+    """Seconds per training step (the bundle's network, loss, optimiser and training inferer on a batch of
+    the plan's shape) and per inference window. The optimiser's state is put back afterwards."""
     import torch
-    from monai.losses import DiceCELoss
 
-    from unet_monai.networks import create_network
-
-    spec = dict(plan["network"])
-    network = create_network(spec.pop("name"), out_channels=plan["num_classes"], **spec)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=plan["learning_rate"])
-    loss_function = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    network, loss_function, optimizer, inferer = parts.network, parts.loss, parts.optimizer, parts.inferer
     batch = plan["batch_size"] * plan["num_samples"]
     generator = torch.Generator().manual_seed(0)
-    image = torch.randn(batch, spec["in_channels"], *plan["roi_size"], generator=generator)
+    in_channels = plan["network"]["in_channels"]
+    image = torch.randn(batch, in_channels, *plan["roi_size"], generator=generator)
     label = torch.randint(0, plan["num_classes"], (batch, 1, *plan["roi_size"]), generator=generator)
+    saved = {key: value.detach().clone() for key, value in network.state_dict().items()}
     network.train()
+    started = time.perf_counter()
     for index in range(warmup + steps):
         if index == warmup:
             started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_function(network(image), label)
+        loss = loss_function(inferer(image, network), label)
         loss.backward()
         optimizer.step()
     step_seconds = (time.perf_counter() - started) / steps
     network.eval()
     with torch.no_grad():
-        network(image[:1])
+        inferer(image[:1], network)
         started = time.perf_counter()
         for _ in range(steps):
-            network(image[:1])
-    return step_seconds, (time.perf_counter() - started) / steps
+            inferer(image[:1], network)
+    window_seconds = (time.perf_counter() - started) / steps
+    network.load_state_dict(saved)
+    optimizer.state.clear()
+    return step_seconds, window_seconds
 
 
 def _windows_per_case(plan: dict[str, Any], shape: Sequence[float], overlap: float = 0.5) -> int:
@@ -89,12 +104,18 @@ def _windows_per_case(plan: dict[str, Any], shape: Sequence[float], overlap: flo
 
 
 def measure_costs(
-    plan: dict[str, Any], chains: tuple[Any, Any], cases: Sequence[dict], steps: int = 3, warmup: int = 1
+    plan: dict[str, Any],
+    chains: tuple[Any, Any],
+    parts: TrainingParts,
+    cases: Sequence[dict],
+    steps: int = 3,
+    warmup: int = 1,
 ) -> dict[str, float]:
     """Measured seconds: caching per case, a training step, validation per case (see the module doc).
 
     Args:
-        chains: the plan's (training chain, validation chain), MONAI ``Compose`` objects.
+        chains: the bundle's (training chain, validation chain), MONAI ``Compose`` objects.
+        parts: the bundle's network, loss, optimiser and training inferer.
         cases: a few datalist items ({"image", "label"}) to time the chains on (2 or 3 are enough).
     """
     train_chain, eval_chain = chains
@@ -107,7 +128,7 @@ def measure_costs(
         _apply(random_part, dict(case))
     sample_seconds = (time.perf_counter() - started) / len(cases)
     shape = list(eval_chain(dict(cases[0]))["image"].shape[1:])
-    network_step, window = _network_seconds(plan, steps, warmup)
+    network_step, window = _network_seconds(parts, plan, steps, warmup)
     return {
         "cache_seconds_per_case": round(cache_seconds, 4),
         "step_seconds": round(network_step + plan["batch_size"] * sample_seconds, 4),

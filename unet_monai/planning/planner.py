@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from unet_monai.planning.budget import fit_epochs, measure_costs
+from unet_monai.planning.budget import TrainingParts, fit_epochs, measure_costs
 from unet_monai.planning.bundle_writer import write_bundle
 from unet_monai.planning.fingerprint import fingerprint_dataset
 from unet_monai.planning.plan import make_plan
@@ -29,7 +29,8 @@ def default_device() -> str:
 
 
 def fit_budget(bundle: Path, plan: dict[str, Any], budget_minutes: float, num_folds: int) -> dict[str, Any]:
-    """Time the bundle's own chains and network, and return the plan with the epochs that fit."""
+    """Time the bundle's own chains, network, loss, optimiser and training inferer, and return the plan
+    with the epochs that fit."""
     from unet_monai.bundle import load_workflow
 
     parser = load_workflow(bundle, "train").parser
@@ -37,8 +38,11 @@ def fit_budget(bundle: Path, plan: dict[str, Any], budget_minutes: float, num_fo
         parser.get_parsed_content("train#preprocessing"),
         parser.get_parsed_content("validate#preprocessing"),
     )
+    parts = TrainingParts(
+        *(parser.get_parsed_content(key) for key in ("network", "loss", "optimizer", "train#inferer"))
+    )
     train, validation = parser.get_parsed_content("split")
-    costs = measure_costs(plan, chains, train[:PROBE_CASES])
+    costs = measure_costs(plan, chains, parts, train[:PROBE_CASES])
     fitted = fit_epochs(costs, len(train), len(validation), plan["batch_size"], budget_minutes)
     logger.info("fold 0 of %d: %d training, %d validation cases", num_folds, len(train), len(validation))
     return plan | fitted
