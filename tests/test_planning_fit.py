@@ -12,7 +12,7 @@ import torch
 from unet_monai.bundle import run_workflow
 from unet_monai.checkpoints import read_settings, read_state_dict
 from unet_monai.data import make_synthetic_dataset
-from unet_monai.networks.fold_ensemble import FoldEnsemble, fold_ensemble
+from unet_monai.networks import FoldEnsemble, fold_ensemble
 from unet_monai.planning.fit import REPORT, fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

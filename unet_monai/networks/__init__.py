@@ -11,8 +11,10 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "ensemble": (
             "AxisEnsemble",
+            "FoldEnsemble",
             "available_member_checkpoints",
             "axis_ensemble",
+            "fold_ensemble",
             "load_member_checkpoints",
             "member_checkpoints",
         ),

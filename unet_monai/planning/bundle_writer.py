@@ -367,14 +367,14 @@ def inference_config(plan: dict[str, Any], dataset_dir: str) -> dict[str, Any]:
     shared = _shared_ids(plan, dataset_dir)
     del shared["network"]  # the fold ensemble's, below
     return {
-        "imports": [*shared.pop("imports"), "$import unet_monai.networks.fold_ensemble"],
+        "imports": [*shared.pop("imports"), "$import unet_monai.networks"],
         "bundle_root": shared.pop("bundle_root"),
         "ckpt_path": "$@bundle_root + '/models/model.pt'",
         "output_dir": "$@bundle_root + '/eval'",
         **shared,
         "flip_axes": plan["flip_axes"],
         "ensemble_folds": plan.get("ensemble_folds", 1),
-        "network": "$unet_monai.networks.fold_ensemble.fold_ensemble(@network_def, @ensemble_folds)"
+        "network": "$unet_monai.networks.fold_ensemble(@network_def, @ensemble_folds)"
         ".to(@device)",
         "datalist": "$unet_monai.bundle.dataset_items('dataset_dir', @dataset_dir, "
         f"unet_monai.bundle.image_files, patterns={IMAGE_PATTERNS!r})",
