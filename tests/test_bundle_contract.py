@@ -126,6 +126,12 @@ def test_monai_finds_every_workflow_property(
         workflow = load_workflow(bundle, name, bundle_root=str(tmp_path), dataset_dir=str(data), **extra)
         workflow.initialize()
         assert workflow.check_properties() == [], name
+        if name == "train":  # what model.pt will keep: plain values of the ids the config names
+            saved = workflow.parser.get_parsed_content("training_settings").state_dict()
+            assert set(saved["values"]) == set(workflow.parser.get("training_settings#values"))
+            assert json.loads(json.dumps(saved)) == saved
+            saver = workflow.parser.get_parsed_content("validate#best_saver")
+            assert saver.save_dict["settings"] is workflow.parser.get_parsed_content("training_settings")
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[path.name for path in BUNDLES])
