@@ -280,6 +280,11 @@ DEFECTS = {
         lambda c: c["finalize"].pop(),
         "configs/multi_gpu_train.json: 'finalize' differs from hippocampus_unet3d's",
     ),
+    "shared value changed": (
+        "inference.json",
+        lambda c: c.update(amp=False),
+        "configs/inference.json: amp False differs from hippocampus_unet3d's '$torch.cuda.is_available()'",
+    ),
     "run not shared": (
         "train.json",
         lambda c: c["run"].insert(0, "$print('start')"),

@@ -399,6 +399,12 @@ SETTINGS_TARGET = "unet_monai.checkpoints.TrainingSettings"
 # The reference copy of the shared blocks; ids of multi_gpu_train.json a bundle may define its own way.
 REFERENCE_BUNDLE = "hippocampus_unet3d"
 OWN_MULTI_GPU_IDS = frozenset({"train#sampler"})
+# Top-level ids whose value is the same in every bundle (compared with the reference bundle's).
+SHARED_VALUES = {
+    "train.json": ("device", "amp", "ckpt_dir", "resume"),
+    "inference.json": ("device", "amp", "ckpt_path"),
+    "evaluate.json": ("ckpt_path",),
+}
 SHARED_FIRST = {
     ("train.json", "initialize"): "$monai.utils.set_determinism(seed=@seed)",
     ("train.json", "run"): "$@train#trainer.run()",
@@ -511,6 +517,16 @@ def _shared_problems(bundle: Path, configs: dict[str, dict[str, Any]], reference
             problems.append(f"configs/{name}: {key} does not start with {first!r} (the shared block)")
     if bundle.resolve() == reference.resolve() or not (reference / "configs").is_dir():
         return problems
+    for name, keys in SHARED_VALUES.items():
+        path = reference / "configs" / name
+        if name not in configs or not path.is_file():
+            continue
+        shared = json.loads(path.read_text(encoding="utf-8"))
+        problems += [
+            f"configs/{name}: {key} {configs[name][key]!r} differs from {reference.name}'s {shared[key]!r}"
+            for key in keys
+            if key in configs[name] and key in shared and configs[name][key] != shared[key]
+        ]
     mine, theirs = bundle / "configs" / "logging.conf", reference / "configs" / "logging.conf"
     if mine.is_file() and theirs.is_file() and mine.read_text() != theirs.read_text():
         problems.append(f"configs/logging.conf: differs from {reference.name}'s (the shared copy)")
