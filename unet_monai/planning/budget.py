@@ -17,6 +17,7 @@ validations) so that caching + epochs x (steps + validation share) fits the budg
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +60,9 @@ def _network_seconds(
     parts: TrainingParts, plan: dict[str, Any], steps: int, warmup: int
 ) -> tuple[float, float]:
     """Seconds per training step (the bundle's network, loss, optimiser and training inferer on a batch of
-    the plan's shape) and per inference window. The optimiser's state is put back afterwards."""
+    the plan's shape) and per inference window: the median of ``steps`` runs after ``warmup`` (oneDNN's
+    bfloat16 kernels take two or three steps to settle; the median ignores a step another process slowed).
+    The network's weights are put back and the optimiser's state cleared afterwards."""
     import torch
 
     network, loss_function, optimizer, inferer = parts.network, parts.loss, parts.optimizer, parts.inferer
@@ -70,22 +73,24 @@ def _network_seconds(
     label = torch.randint(0, plan["num_classes"], (batch, 1, *plan["roi_size"]), generator=generator)
     saved = {key: value.detach().clone() for key, value in network.state_dict().items()}
     network.train()
-    started = time.perf_counter()
+    step_times = []
     for index in range(warmup + steps):
-        if index == warmup:
-            started = time.perf_counter()
+        started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss = loss_function(inferer(image, network), label)
         loss.backward()
         optimizer.step()
-    step_seconds = (time.perf_counter() - started) / steps
+        if index >= warmup:
+            step_times.append(time.perf_counter() - started)
     network.eval()
+    window_times = []
     with torch.no_grad():
-        inferer(image[:1], network)
-        started = time.perf_counter()
-        for _ in range(steps):
+        for index in range(warmup + steps):
+            started = time.perf_counter()
             inferer(image[:1], network)
-    window_seconds = (time.perf_counter() - started) / steps
+            if index >= warmup:
+                window_times.append(time.perf_counter() - started)
+    step_seconds, window_seconds = statistics.median(step_times), statistics.median(window_times)
     network.load_state_dict(saved)
     optimizer.state.clear()
     return step_seconds, window_seconds
@@ -108,8 +113,8 @@ def measure_costs(
     chains: tuple[Any, Any],
     parts: TrainingParts,
     cases: Sequence[dict],
-    steps: int = 3,
-    warmup: int = 1,
+    steps: int = 5,
+    warmup: int = 3,
 ) -> dict[str, float]:
     """Measured seconds: caching per case, a training step, validation per case (see the module doc).
 
