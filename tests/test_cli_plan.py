@@ -66,6 +66,7 @@ def test_plan_errors_are_one_line(
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], err
+    assert sorted(path.name for path in tmp_path.iterdir()) == []  # nothing left behind, not even a partial
 
 
 def test_an_undeclared_label_value_names_the_file(dataset: Path, tmp_path: Path, capsys) -> None:

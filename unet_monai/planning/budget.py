@@ -159,9 +159,10 @@ def fit_epochs(
     available = budget_minutes * 60 * BUDGET_MARGIN - caching
     minimum = caching + epoch + validation
     if available < epoch + validation:
+        needed = math.ceil(minimum / 60 / BUDGET_MARGIN)
         raise ValueError(
             f"a budget of {budget_minutes} minutes does not cover caching and one epoch on this device: "
-            f"give at least {math.ceil(minimum / 60 / BUDGET_MARGIN)} minutes"
+            f"give at least {needed} minute{'s' if needed > 1 else ''}"
         )
     epochs = max(MIN_EPOCHS, int(available // (epoch + validation / TARGET_VALIDATIONS)))
     val_interval = max(1, epochs // TARGET_VALIDATIONS)

@@ -137,7 +137,7 @@ def train_config(
         "max_epochs": plan.get("max_epochs", 20),
         "val_interval": plan.get("val_interval", 2),
         "time_limit_minutes": plan.get("budget_minutes"),
-        "num_folds": 5,
+        "num_folds": plan.get("num_folds", 5),
         "fold": 0,
         "split_seed": 0,
         "flip_axes": plan["flip_axes"],
@@ -374,8 +374,7 @@ def inference_config(plan: dict[str, Any], dataset_dir: str) -> dict[str, Any]:
         **shared,
         "flip_axes": plan["flip_axes"],
         "ensemble_folds": plan.get("ensemble_folds", 1),
-        "network": "$unet_monai.networks.fold_ensemble(@network_def, @ensemble_folds)"
-        ".to(@device)",
+        "network": "$unet_monai.networks.fold_ensemble(@network_def, @ensemble_folds).to(@device)",
         "datalist": "$unet_monai.bundle.dataset_items('dataset_dir', @dataset_dir, "
         f"unet_monai.bundle.image_files, patterns={IMAGE_PATTERNS!r})",
         "preprocessing": _chain("eval", label=False),
@@ -669,7 +668,7 @@ Why each choice (`plan.json` holds them all):
 {fingerprint["num_cases"]} labelled cases from `{fingerprint["source"]}`: median spacing
 {geometry["spacing"]["median"]} (axes {geometry["axes"]}), median shape {geometry["shape"]["median"]},
 anisotropy {geometry["anisotropy"]}. The whole fingerprint is in `fingerprint.json`. Training uses fold
-`fold` of `num_folds` (5 by default; the folds are a seeded partition of the cases).
+`fold` of `num_folds` ({plan.get("num_folds", 5)} here; the folds are a seeded partition of the cases).
 
 ## Performance
 

@@ -167,6 +167,8 @@ def fit(
     """
     from unet_monai.planning.fingerprint import fingerprint_dataset
 
+    if folds < 1:
+        raise ValueError(f"--folds: must be at least 1, got {folds}")
     fingerprint = fingerprint_dataset(data_dir, images_dir, labels_dir, workers=workers, progress=progress)
     common = {
         "data_dir": data_dir,

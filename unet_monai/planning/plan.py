@@ -157,6 +157,8 @@ def make_plan(
         raise ValueError(f"device must be one of {', '.join(DEVICE_LIMITS)}, got {device!r}")
     limits = DEVICE_LIMITS[device]
     spatial_dims = int(fingerprint["spatial_dims"])
+    if int(fingerprint.get("num_cases", 2)) < 2:
+        raise ValueError("a dataset of one labelled case cannot be split into training and validation")
     if spatial_dims == 2 and configuration in ("2.5d", "3d"):
         raise ValueError(f"configuration {configuration!r} needs volumes; this dataset holds 2D images")
     geometry = fingerprint["geometry"]
@@ -225,6 +227,7 @@ def make_plan(
             "norm": "batch",
         },
         "batch_size": batch_size,
+        "num_folds": min(5, int(fingerprint.get("num_cases", 5))),
         "num_samples": num_samples,
         "loss": "DiceCELoss",
         "optimizer": "AdamW",

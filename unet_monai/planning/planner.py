@@ -9,6 +9,8 @@ and the README.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def fit_budget(bundle: Path, plan: dict[str, Any], budget_minutes: float, num_folds: int) -> dict[str, Any]:
+def fit_budget(bundle: Path, plan: dict[str, Any], budget_minutes: float) -> dict[str, Any]:
     """Time the bundle's own chains, network, loss, optimiser and training inferer, and return the plan
     with the epochs that fit."""
     from unet_monai.bundle import load_workflow
@@ -44,7 +46,9 @@ def fit_budget(bundle: Path, plan: dict[str, Any], budget_minutes: float, num_fo
     train, validation = parser.get_parsed_content("split")
     costs = measure_costs(plan, chains, parts, train[:PROBE_CASES])
     fitted = fit_epochs(costs, len(train), len(validation), plan["batch_size"], budget_minutes)
-    logger.info("fold 0 of %d: %d training, %d validation cases", num_folds, len(train), len(validation))
+    logger.info(
+        "fold 0 of %d: %d training, %d validation cases", plan["num_folds"], len(train), len(validation)
+    )
     return plan | fitted
 
 
@@ -83,8 +87,27 @@ def plan_bundle(
     plan = make_plan(fingerprint, configuration=configuration, device=device or default_device())
     dataset_dir = data_dir if data_dir is not None else images_dir
     arguments = (fingerprint, dataset_dir, labels_dir if data_dir is None else None)
-    bundle = write_bundle(output, plan, *arguments, command=command)
-    if budget_minutes is not None:
-        plan = fit_budget(bundle, plan, budget_minutes, num_folds=5)
-        write_bundle(output, plan, *arguments, command=command)
+    output = Path(output)
+    # Written and probed beside the output first: a failure (a budget too small, a bad case met by the
+    # probe) leaves nothing behind, and a bundle being replaced keeps its configs until the new ones are
+    # complete.
+    staging = output.parent / f".partial-plan-{output.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        write_bundle(staging, plan, *arguments, name=output.resolve().name, command=command)
+        if budget_minutes is not None:
+            plan = fit_budget(staging, plan, budget_minutes)
+            write_bundle(staging, plan, *arguments, name=output.resolve().name, command=command)
+        move_into(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return plan
+
+
+def move_into(staging: Path, output: Path) -> None:
+    """Every file of ``staging`` renamed to its place under ``output`` (other files there stay)."""
+    for source in sorted(path for path in staging.rglob("*") if path.is_file()):
+        target = output / source.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+    (output / "models").mkdir(parents=True, exist_ok=True)
