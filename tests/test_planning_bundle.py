@@ -124,3 +124,13 @@ def test_a_planned_bundle_runs_as_a_model_zoo_user_runs_it(
     result = subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert len(list((tmp_path / "masks").glob("*_seg.nii.gz"))) == 6
+
+
+def test_the_budget_comes_from_a_probe_of_the_bundles_real_training(planned: tuple[Path, Path, dict]) -> None:
+    plan = planned[2]
+    assert plan["probe_iterations"] >= 3 + 6  # the bundle's own trainer: 3 warm-up and 6 timed steps
+    assert plan["step_seconds"] > 0 and plan["cache_seconds_per_case"] > 0
+    assert plan["validation_seconds_per_case"] > 0
+    epoch = plan["iterations_per_epoch"] * plan["step_seconds"]
+    assert plan["max_epochs"] * epoch <= 3 * 60  # the 3-minute budget holds the planned epochs
+    assert not list(planned[0].parent.glob(".partial-plan-*"))  # the probe's staging folder is gone

@@ -7,21 +7,14 @@ for the same dataset (3d_fullres: spacing 1 mm, median shape 36 x 50 x 35, patch
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from monai.inferers import SimpleInferer
-from monai.losses import DiceCELoss
 
 from tests.conftest import HIPPOCAMPUS, require
-from unet_monai.data import make_synthetic_dataset, msd_datalist
-from unet_monai.networks import create_network
-from unet_monai.planning.budget import BUDGET_MARGIN, TrainingParts, fit_epochs, measure_costs
+from unet_monai.planning.budget import BUDGET_MARGIN, fit_epochs
 from unet_monai.planning.fingerprint import fingerprint_dataset
 from unet_monai.planning.plan import make_plan, summary_lines
-from unet_monai.transforms import build_eval_transforms, build_train_transforms
 
 
 def fingerprint(
@@ -154,35 +147,6 @@ def test_a_budget_too_small_for_one_epoch_says_how_much_is_needed() -> None:
     costs = {"cache_seconds_per_case": 1.0, "step_seconds": 2.0, "validation_seconds_per_case": 5.0}
     with pytest.raises(ValueError, match=r"give at least \d+ minutes?"):
         fit_epochs(costs, num_train=400, num_val=100, batch_size=2, budget_minutes=5)
-
-
-def test_costs_are_measured_with_the_plans_chains_and_network(tmp_path: Path) -> None:
-    data = make_synthetic_dataset(tmp_path, num_cases=3, shape=(24, 28, 20), seed=1)
-    plan = make_plan(fingerprint_dataset(data, workers=1, progress=False))
-    assert plan["configuration"] == "3d"
-    chains = (
-        build_train_transforms(
-            slice_axis=None,
-            roi_size=plan["roi_size"],
-            num_samples=plan["num_samples"],
-            num_classes=plan["num_classes"],
-        ),
-        build_eval_transforms(num_classes=plan["num_classes"]),
-    )
-    network = create_network(
-        "ronneberger_unet",
-        out_channels=plan["num_classes"],
-        **{k: v for k, v in plan["network"].items() if k != "name"},
-    )
-    parts = TrainingParts(
-        network,
-        DiceCELoss(to_onehot_y=True, softmax=True),
-        torch.optim.AdamW(network.parameters()),
-        SimpleInferer(),
-    )
-    costs = measure_costs(plan, chains, parts, msd_datalist(data)[:2], steps=1, warmup=0)
-    assert costs["step_seconds"] >= costs["network_step_seconds"] > 0
-    assert costs["cache_seconds_per_case"] > 0 and costs["validation_seconds_per_case"] > 0
 
 
 def test_the_hippocampus_plan_matches_nnunets_3d_fullres() -> None:

@@ -19,6 +19,8 @@ from unet_monai.io import write_text
 BUNDLE_VERSION = "0.1.0"
 SETTINGS_IDS = (
     "num_classes",
+    "label_values",
+    "axcodes",
     "channels",
     "roi_size",
     "intensity",
@@ -51,6 +53,8 @@ def _shared_ids(plan: dict[str, Any], dataset_dir: str) -> dict[str, Any]:
         "num_classes": plan["num_classes"],
         "class_names": plan["class_names"],
         "channels": plan["channels"],
+        "label_values": plan.get("label_values"),
+        "axcodes": plan.get("axcodes", "RAS"),
         "roi_size": plan["roi_size"],
         "intensity": plan["intensity"],
         "ct_stats": plan["ct_stats"],
@@ -82,10 +86,13 @@ def _chain(kind: str, label: bool) -> dict[str, Any]:
         "intensity": "@intensity",
         "ct_stats": "@ct_stats",
         "pixdim": "@pixdim",
+        "axcodes": "@axcodes",
         "channels": "@channels",
         "num_classes": "@num_classes",
         "spatial_dims": "$len(@roi_size) if @slice_axis is None else 3",
     }
+    if label:
+        chain["label_values"] = "@label_values"
     if kind == "train":
         chain |= {
             "slice_axis": "@slice_axis",
@@ -97,6 +104,20 @@ def _chain(kind: str, label: bool) -> dict[str, Any]:
     elif not label:
         chain["label_key"] = None
     return chain
+
+
+def _stored_values(plan: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """Masks back to the values the label files store (``[0, 255]``), where the plan maps them."""
+    if plan.get("label_values") is None:
+        return []
+    return [
+        {
+            "_target_": "MapLabelValued",
+            "keys": key,
+            "orig_labels": "$list(range(len(@label_values)))",
+            "target_labels": "@label_values",
+        }
+    ]
 
 
 def _inferer(mirror: bool) -> dict[str, Any]:
@@ -403,6 +424,7 @@ def inference_config(plan: dict[str, Any], dataset_dir: str) -> dict[str, Any]:
                     "nearest_interp": True,
                     "to_tensor": True,
                 },
+                *_stored_values(plan, "pred"),
                 {
                     "_target_": "unet_monai.transforms.AtomicSaveImaged",
                     "keys": "pred",
@@ -442,7 +464,7 @@ def inference_config(plan: dict[str, Any], dataset_dir: str) -> dict[str, Any]:
     }
 
 
-def evaluate_config() -> dict[str, Any]:
+def evaluate_config(plan: dict[str, Any]) -> dict[str, Any]:
     """evaluate.json, layered on train.json: the fold's validation cases through ``ckpt_path`` with mirror
     TTA; masks written on each file's own grid (``pred_dir``), then ``unet_monai.evaluate``'s per-case CSV,
     summary.json and overlay figures, and MONAI's MetricsSaver CSVs."""
@@ -465,6 +487,7 @@ def evaluate_config() -> dict[str, Any]:
                     "to_tensor": True,
                 },
                 {"_target_": "AsDiscreted", "keys": "pred_on_source", "argmax": True},
+                *_stored_values(plan, "pred_on_source"),
                 {
                     "_target_": "unet_monai.transforms.AtomicSaveImaged",
                     "keys": "pred_on_source",
@@ -512,6 +535,7 @@ def evaluate_config() -> dict[str, Any]:
             "cases": "$[unet_monai.data.case_name(item['label']) for item in @split[1]]",
             "images": "${unet_monai.data.case_name(item['label']): item['image'] for item in @split[1]}",
             "log_dir": "$@bundle_root + '/runs'",
+            "binary": plan.get("label_values") is not None and plan["num_classes"] == 2,
         },
         "initialize": [
             "$monai.utils.set_determinism(seed=@seed)",
@@ -739,7 +763,7 @@ def write_bundle(
         "inference.json": inference_config(
             plan, dataset_dir if data_kind == "folders" else dataset_dir + "/imagesTs"
         ),
-        "evaluate.json": evaluate_config(),
+        "evaluate.json": evaluate_config(plan),
         "metadata.json": metadata(plan, fingerprint, name, package_versions()),
     }
     for folder in ("configs", "docs", "models"):

@@ -202,6 +202,13 @@ def make_plan(
     )
     flip_axes, reasons["augmentation"] = _flip_axes(fingerprint, spatial_dims)
     names = class_names(fingerprint)
+    stored = sorted(int(value) for value in fingerprint["classes"])
+    label_values = None if stored == list(range(len(stored))) else stored
+    if label_values is not None:
+        reasons["labels"] = (
+            f"label files store {stored}: mapped to classes 0 .. {len(stored) - 1} when read, masks written "
+            "back with the stored values"
+        )
     neighbours = 1 if configuration == "2.5d" else 0
     channels = int(fingerprint["channels"])
     return {
@@ -213,6 +220,8 @@ def make_plan(
         "channels": channels,
         "num_classes": len(names) + 1,
         "class_names": names,
+        "label_values": label_values,
+        "axcodes": "RAS" if spatial_dims == 3 else None,
         "target_spacing": target if spatial_dims == 3 else None,
         "resample": resample,
         **normalisation,

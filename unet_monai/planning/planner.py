@@ -14,12 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from unet_monai.planning.budget import TrainingParts, fit_epochs, measure_costs
+from unet_monai.planning.budget import fit_epochs, probe_training
 from unet_monai.planning.bundle_writer import write_bundle
 from unet_monai.planning.fingerprint import fingerprint_dataset
 from unet_monai.planning.plan import make_plan
 
-PROBE_CASES = 3
 logger = logging.getLogger(__name__)
 
 
@@ -31,20 +30,12 @@ def default_device() -> str:
 
 
 def fit_budget(bundle: Path, plan: dict[str, Any], budget_minutes: float) -> dict[str, Any]:
-    """Time the bundle's own chains, network, loss, optimiser and training inferer, and return the plan
-    with the epochs that fit."""
+    """Probe the bundle's real training on this machine (``probe_training``) and return the plan with
+    the epochs that fit ``budget_minutes``."""
     from unet_monai.bundle import load_workflow
 
-    parser = load_workflow(bundle, "train").parser
-    chains = (
-        parser.get_parsed_content("train#preprocessing"),
-        parser.get_parsed_content("validate#preprocessing"),
-    )
-    parts = TrainingParts(
-        *(parser.get_parsed_content(key) for key in ("network", "loss", "optimizer", "train#inferer"))
-    )
-    train, validation = parser.get_parsed_content("split")
-    costs = measure_costs(plan, chains, parts, train[:PROBE_CASES])
+    train, validation = load_workflow(bundle, "train").parser.get_parsed_content("split")
+    costs = probe_training(bundle, plan, len(train))
     fitted = fit_epochs(costs, len(train), len(validation), plan["batch_size"], budget_minutes)
     logger.info(
         "fold 0 of %d: %d training, %d validation cases", plan["num_folds"], len(train), len(validation)

@@ -19,6 +19,7 @@ from monai.transforms import (
     DivisiblePadd,
     EnsureChannelFirstd,
     EnsureTyped,
+    MapLabelValued,
     MapTransform,
     NormalizeIntensityd,
     OneOf,
@@ -69,6 +70,15 @@ def load_transforms(
     if axcodes is not None:
         transforms.append(Orientationd(keys=keys, axcodes=axcodes, labels=RAS_LABELS))
     return transforms
+
+
+def label_mapping(label_key: str | None, label_values: Sequence[int] | None) -> list:
+    """Labels stored with other values than 0 .. K-1 (``[0, 255]`` masks) mapped to class indices right
+    after loading (MONAI's ``MapLabelValued``); a value not listed stays and the label check names it."""
+    if label_key is None or label_values is None or list(label_values) == list(range(len(label_values))):
+        return []
+    targets = list(range(len(label_values)))
+    return [MapLabelValued(keys=label_key, orig_labels=list(label_values), target_labels=targets)]
 
 
 def intensity_transform(
@@ -256,6 +266,7 @@ def build_train_transforms(
     resize_to: Sequence[int] | None = None,
     pixdim: Sequence[float] | None = None,
     ct_stats: Sequence[float] | None = None,
+    label_values: Sequence[int] | None = None,
     slice_axis: int | Sequence[int] | None = 2,
     neighbours: int = 0,
     roi_size: Sequence[int] = (64, 64),
@@ -278,6 +289,8 @@ def build_train_transforms(
         pixdim: resample to this voxel spacing (mm per axis, after reorientation); ``None`` keeps the
             file's grid.
         ct_stats: [lower, upper, mean, std] for ``intensity="ct"``.
+        label_values: the values the label files store, in class order (``[0, 255]``): mapped to
+            0 .. K-1 after loading (``label_mapping``); ``None`` when they store class indices.
         slice_axis: for a 2D network on 3D volumes, the volume axis to slice along, or several
             (each volume then gives slices along one of them, chosen at random); ``None`` when the
             data are already 2D images or the network is 3D.
@@ -305,7 +318,8 @@ def build_train_transforms(
     keys = [image_key, label_key]
     image_dims = spatial_dims or (3 if slice_axis is not None else len(roi_size))
     empty_ok = image_dims == 2 if allow_empty_labels is None else allow_empty_labels
-    checks = input_checks(image_key, label_key, image_dims, channels, num_classes, empty_ok)
+    checks = label_mapping(label_key, label_values)
+    checks += input_checks(image_key, label_key, image_dims, channels, num_classes, empty_ok)
     transforms = load_transforms(keys, reader=reader, axcodes=axcodes, checks=checks)
     transforms += intensity_transform(
         image_key, intensity, percentiles[0], percentiles[1], intensity_range[0], intensity_range[1], ct_stats
@@ -345,6 +359,7 @@ def build_eval_transforms(
     resize_to: Sequence[int] | None = None,
     pixdim: Sequence[float] | None = None,
     ct_stats: Sequence[float] | None = None,
+    label_values: Sequence[int] | None = None,
     divisible_by: int | None = None,
     channels: int | None = 1,
     num_classes: int | None = None,
@@ -367,7 +382,8 @@ def build_eval_transforms(
     keys = [image_key] if label_key is None else [image_key, label_key]
     image_dims = spatial_dims if spatial_dims is not None else (len(axcodes) if axcodes else None)
     empty_ok = image_dims != 3 if allow_empty_labels is None else allow_empty_labels
-    checks = input_checks(image_key, label_key, image_dims, channels, num_classes, empty_ok)
+    checks = label_mapping(label_key, label_values)
+    checks += input_checks(image_key, label_key, image_dims, channels, num_classes, empty_ok)
     transforms: list[MapTransform] = load_transforms(keys, reader=reader, axcodes=axcodes, checks=checks)
     transforms += intensity_transform(
         image_key, intensity, percentiles[0], percentiles[1], intensity_range[0], intensity_range[1], ct_stats
