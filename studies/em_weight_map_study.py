@@ -11,7 +11,7 @@ enclosed objects, with the predicted cells (Dice of ``mask > 0``).
 
 Prints one JSON document (and writes it to ``--output/study.json``). The default is a reduced
 budget (4 min 5 s on one thread beside another training, 2026-11-29); the bundle's own defaults
-(256x256 patches, 50 epochs) are ``--epochs 50 --set patch_size=[256,256]``.
+(256x256 patches, 50 epochs) are ``--epochs 50 --set roi_size=[256,256]``.
 
     python studies/em_weight_map_study.py                  # reduced default
     python studies/em_weight_map_study.py --epochs 2       # smoke run
@@ -39,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "em_cells_unet2d"
 DATA = REPO_ROOT.parent / "shared" / "data" / "isbi2012-em"
 # The reduced budget: 128x128 patches, 16 base features, 4 patches per image per epoch.
-REDUCED = {"patch_size": [128, 128], "network_def#features": 16, "num_samples": 4, "batch_size": 4}
+REDUCED = {"roi_size": [128, 128], "network_def#features": 16, "num_samples": 4, "batch_size": 4}
 EPOCHS = 12
 
 
@@ -83,9 +83,7 @@ def train_and_evaluate(weight_map: bool, common: dict, data: Path, work_dir: Pat
     if not (nuclei_dir / "img2d.tif").is_file():
         record["nuclei_dice"] = f"skipped: {nuclei_dir / 'img2d.tif'} not found"
     else:
-        keep = {
-            k: v for k, v in no_training.items() if k.startswith(("network_def#", "patch_size", "padding"))
-        }
+        keep = {k: v for k, v in no_training.items() if k.startswith(("network_def#", "roi_size", "padding"))}
         run_workflow(
             BUNDLE,
             "inference",

@@ -69,7 +69,7 @@ def evaluate(overrides: dict, work_dir: Path, checkpoint: str = "model.pt", tag:
         BUNDLE,
         "evaluate",
         bundle_root=str(work_dir),
-        eval_ckpt=str(work_dir / "models" / checkpoint),
+        ckpt_path=str(work_dir / "models" / checkpoint),
         output_dir=str(work_dir / f"eval_{Path(checkpoint).stem}{tag}"),
         **overrides,
     )

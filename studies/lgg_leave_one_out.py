@@ -7,7 +7,7 @@ patient's Dice: all its slices pooled (2 TP / (2 TP + FP + FN)). Ours is evaluat
 its mirror TTA; the best validation Dice during training (checkpoint chosen on the held-out patient,
 as the original project's "best validation" figure was) is given beside, for reference.
 
-    OMP_NUM_THREADS=1 python studies/lgg_leave_one_out.py --epochs 40 --set resize_to=[128,128] \
+    OMP_NUM_THREADS=1 python studies/lgg_leave_one_out.py --epochs 40 --set roi_size=[128,128] \
         --set network_def#features=8 --output studies/results/lgg_loo
 """
 
@@ -28,10 +28,13 @@ from machine import machine_info  # noqa: E402
 from unet_monai.bundle import parse_override  # noqa: E402
 from unet_monai.data.lgg_layout import lgg_datalist, patient_ids  # noqa: E402
 
+OURS = json.loads((Path(__file__).resolve().parents[1] / "bundles/lgg_unet2d/configs/ours.json").read_text())
+
 
 def run_fold(recipe: str, fold: int, overrides: dict, work_dir: Path) -> dict:
-    """Train one fold of one recipe, evaluate its final checkpoint (and ours without TTA)."""
-    settings = {"recipe": recipe, "fold": fold, **overrides}
+    """Train one fold of one recipe ("original": train.json; "ours": with configs/ours.json merged),
+    evaluate its final checkpoint (and ours without TTA)."""
+    settings = {**(OURS if recipe == "ours" else {}), "fold": fold, **overrides}
     trained = train(settings, work_dir)
     result = {"recipe": recipe, "fold": fold, **{k: v for k, v in trained.items() if k != "curves"}}
     result["final_eval"] = evaluate(settings, work_dir)

@@ -104,13 +104,12 @@ def main() -> None:
     args = parser.parse_args()
     common = {
         "dataset_dir": str(args.data),
-        "recipe": "original",
         "fold": args.fold,
         "train#trainer#max_epochs": args.epochs,
         "val_interval": 1,
     }
     if not args.full:
-        common |= {"resize_to": [128, 128], "network_def#features": 8}
+        common |= {"roi_size": [128, 128], "network_def#features": 8}
     common |= dict(parse_override(text) for text in args.set)
     args.output.mkdir(parents=True, exist_ok=True)
     result = {"bench": "lgg_lr_batch_study", "machine": machine_info(), "common": common, "runs": []}

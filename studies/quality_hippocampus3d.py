@@ -34,7 +34,7 @@ def train_and_evaluate(epochs: int | None, overrides: dict, data_dir: Path, work
     evaluate the best checkpoint; metrics as a dict."""
     common = {"dataset_dir": str(data_dir), "bundle_root": str(work_dir), **overrides}
     if epochs is not None:
-        common["epochs"] = epochs
+        common["max_epochs"] = epochs
     start = time.perf_counter()
     training = run_workflow(BUNDLE, "train", **common)
     train_seconds = time.perf_counter() - start
