@@ -17,6 +17,7 @@ from unet_monai.bundle import run_workflow
 from unet_monai.bundle_contract import contract_problems, zoo_problems
 from unet_monai.checkpoints import read_settings
 from unet_monai.data import make_synthetic_dataset
+from unet_monai.planning.bundle_writer import SHARED
 from unet_monai.planning.planner import plan_bundle
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -134,3 +135,10 @@ def test_the_budget_comes_from_a_probe_of_the_bundles_real_training(planned: tup
     epoch = plan["iterations_per_epoch"] * plan["step_seconds"]
     assert plan["max_epochs"] * epoch <= 3 * 60  # the 3-minute budget holds the planned epochs
     assert not list(planned[0].parent.glob(".partial-plan-*"))  # the probe's staging folder is gone
+
+
+def test_the_shared_blocks_planned_bundles_copy_are_the_contracts_reference() -> None:
+    """unet_monai/planning/shared holds the contract's shared blocks as the reference bundle has them."""
+    reference = Path(__file__).resolve().parents[1] / "bundles" / "hippocampus_unet3d" / "configs"
+    for name in ("logging.conf", "multi_gpu_train.json"):
+        assert (SHARED / name).read_text() == (reference / name).read_text(), name
