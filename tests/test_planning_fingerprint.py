@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import HIPPOCAMPUS, SHARED_DATA, SPINALCORD
+from tests.conftest import HIPPOCAMPUS, SPINALCORD
+from tests.planning_data import BRATS, LGG, brats_msd, lgg_folders, spinal_cord_folders
 from unet_monai.checks import BadInputError
 from unet_monai.planning.fingerprint import (
     fingerprint_dataset,
@@ -34,8 +35,6 @@ CLASS_2 = [4 * 4 * 4, 6 * 10 * 2]
 # (world RAS) of the array axes are the columns.
 PSR = np.array([[0, 0, 1], [-1, 0, 0], [0, 1, 0]], dtype=np.float64)
 LABELS = {"0": "background", "1": "one", "2": "two"}
-BRATS = SHARED_DATA / "brats2015-subset"
-LGG = SHARED_DATA / "lgg-kaggle3m-subset" / "kaggle_3m"
 
 
 def _label() -> np.ndarray:
@@ -261,13 +260,7 @@ def test_mha_folders_through_itk(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not SPINALCORD.is_dir(), reason=f"real data absent: {SPINALCORD} (see shared/data)")
 def test_real_spinal_cord_anisotropic_and_psr(tmp_path: Path) -> None:
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    for image, label in (("mt/mt1", "mt/mt1_seg"), ("t2s/t2s", "t2s/t2s_seg"), ("t2/t2", "t2/t2_seg-manual")):
-        name = f"{Path(image).name}.nii.gz"
-        (images / name).symlink_to(SPINALCORD / f"{image}.nii.gz")
-        (labels / name).symlink_to(SPINALCORD / f"{label}.nii.gz")
+    images, labels = spinal_cord_folders(tmp_path)
     fingerprint = fingerprint_dataset(images_dir=images, labels_dir=labels, workers=1, progress=False)
     geometry = fingerprint["geometry"]
     assert geometry["orientations"] == ["LAS", "PSR"]
@@ -297,13 +290,7 @@ def test_real_hippocampus_subset() -> None:
 @pytest.mark.skipif(not LGG.is_dir(), reason=f"real data absent: {LGG} (see shared/data)")
 def test_real_lgg_tiff_slices(tmp_path: Path) -> None:
     """3-channel TIFF slices and their masks (255), paired by name through two folders of links."""
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    for mask in sorted(LGG.glob("*/*_mask.tif")):
-        name = mask.name.replace("_mask", "")
-        (images / name).symlink_to(mask.with_name(name))
-        (labels / name).symlink_to(mask)
+    images, labels = lgg_folders(tmp_path)
     fingerprint = fingerprint_dataset(
         images_dir=images, labels_dir=labels, workers=2, progress=False, max_cases=12
     )
@@ -317,22 +304,8 @@ def test_real_lgg_tiff_slices(tmp_path: Path) -> None:
 @pytest.mark.skipif(not BRATS.is_dir(), reason=f"real data absent: {BRATS} (see shared/data)")
 def test_real_brats_as_a_two_channel_msd_folder(tmp_path: Path) -> None:
     """BraTS as nnU-Net writes it: one file per channel, ``channel_names``, labels as name -> value."""
-    training = []
-    for patient in sorted(BRATS.glob("train/*"))[:2]:
-        channels = [str(patient / f"{name}_subtrMeanDivStd.nii.gz") for name in ("Flair", "T1c")]
-        training.append({"image": channels, "label": str(patient / "OTMultiClass.nii.gz")})
-    (tmp_path / "data").symlink_to(BRATS / "train")
-    training = [
-        {
-            "image": [p.replace(str(BRATS / "train"), "./data") for p in item["image"]],
-            "label": item["label"].replace(str(BRATS / "train"), "./data"),
-        }
-        for item in training
-    ]
-    labels = {"background": 0, "necrosis": 1, "edema": 2, "non-enhancing": 3, "enhancing": 4}
-    description = {"channel_names": {"0": "FLAIR", "1": "T1c"}, "labels": labels, "training": training}
-    (tmp_path / "dataset.json").write_text(json.dumps(description))
-    fingerprint = fingerprint_dataset(tmp_path, workers=2, progress=False)
+    data = brats_msd(tmp_path / "brats")
+    fingerprint = fingerprint_dataset(data, workers=2, progress=False)
     assert fingerprint["channels"] == 2 and fingerprint["channel_names"] == ["FLAIR", "T1c"]
     assert fingerprint["declared_labels"]["2"] == "edema"
     assert fingerprint["geometry"]["shape"]["median"] == [240, 240, 155]
