@@ -160,3 +160,9 @@ def test_the_hippocampus_plan_matches_nnunets_3d_fullres() -> None:
     ]  # nnU-Net 3d_fullres on Task04_Hippocampus (MIC-DKFZ/nnUNet issue #148)
     assert plan["class_names"] == ["Anterior", "Posterior"] and plan["intensity"] == "zscore"
     assert any("patch [40, 56, 40]" in line for line in summary_lines(plan))
+
+
+def test_a_single_case_cannot_be_planned() -> None:
+    data = fingerprint([1.0, 1.0, 1.0], [64, 64, 64]) | {"num_cases": 1}
+    with pytest.raises(ValueError, match="one labelled case cannot be split into training and validation"):
+        make_plan(data)
