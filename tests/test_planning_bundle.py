@@ -68,6 +68,10 @@ def test_training_stops_at_the_time_limit_validates_and_keeps_its_settings(
     assert settings is not None and settings["bundle"] == "bundle"
     assert settings["values"]["roi_size"] == planned[2]["roi_size"]
     assert settings["values"]["pixdim"] == planned[2]["target_spacing"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(bundle / "runs")).Reload()
+    assert {"train_loss", "learning_rate", "val_mean_dice"} <= set(events.Tags()["scalars"])
 
 
 def test_inference_writes_masks_on_each_inputs_grid(planned: tuple[Path, Path, dict], tmp_path: Path) -> None:
