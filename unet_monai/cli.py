@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
             choices=["auto", "2d", "2.5d", "3d"],
             default="auto",
             help="auto (default): from the data; fit compares 3d and 2.5d by validation Dice when the "
-            "budget allows (>= 20 minutes, half each)",
+            "budget allows (>= 60 minutes, half each)",
         )
         command.add_argument(
             "--device", choices=["cpu", "cuda"], help="plan for this device (default: this one)"
