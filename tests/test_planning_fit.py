@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from unet_monai.bundle import run_workflow
+from unet_monai.bundle_contract import contract_problems
 from unet_monai.checkpoints import read_settings, read_state_dict
 from unet_monai.data import make_synthetic_dataset
 from unet_monai.networks import FoldEnsemble, fold_ensemble
@@ -58,6 +59,11 @@ def test_two_folds_train_evaluate_and_ensemble_at_inference(tmp_path: Path) -> N
     assert read_settings(model) is not None
     inference = json.loads((tmp_path / "bundle" / "configs" / "inference.json").read_text())
     assert inference["ensemble_folds"] == 2
+    metadata = json.loads((tmp_path / "bundle" / "configs" / "metadata.json").read_text())
+    assert metadata["eval_metrics"]["val_mean_dice"] == report["mean_val_dice"]
+    readme = (tmp_path / "bundle" / "docs" / "README.md").read_text()
+    assert "2-fold cross-validation" in readme and f"val_mean_dice {report['mean_val_dice']}" in readme
+    assert contract_problems(tmp_path / "bundle") == []
     image = sorted((data / "imagesTr").glob("*.nii.gz"))[0]
     run_workflow(
         tmp_path / "bundle",

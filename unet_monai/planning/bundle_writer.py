@@ -588,7 +588,7 @@ def metadata(
         "image_classes": f"{plan['channels']} channel(s): {modality}",
         "label_classes": ", ".join(f"{value} {label}" for value, label in enumerate(names)),
         "pred_classes": ", ".join(f"{value} {label}" for value, label in enumerate(names)),
-        "eval_metrics": {},
+        "eval_metrics": plan.get("results", {}).get("metrics", {}),
         "intended_use": "Research only; not for clinical diagnosis.",
         "references": [
             "Ronneberger O, Fischer P, Brox T. U-Net: Convolutional Networks for Biomedical Image "
@@ -655,6 +655,21 @@ def readme(plan: dict[str, Any], fingerprint: dict[str, Any], name: str, command
         )
     else:
         training = "the epochs were not fitted to a budget (no `--budget`): `max_epochs` is the default."
+    measured = ""
+    if "results" in plan:
+        results = plan["results"]
+        folds = results["folds"]
+        scope = (
+            "fold 0's validation cases" if folds == 1 else f"{folds}-fold cross-validation (each case once)"
+        )
+        figures = ", ".join(f"{key} {value}" for key, value in results["metrics"].items())
+        seconds = ", ".join(
+            f"{entry['train_seconds']:.0f} s ({entry['epochs']} epochs)" for entry in results["per_fold"]
+        )
+        measured = (
+            f"\n\nMeasured by `unet-monai fit` on this machine, {scope}, mirror TTA: {figures}. "
+            f"Training: {seconds}."
+        )
     return f"""# {name}
 
 A bundle planned by `unet-monai plan` from the data alone: nobody edited its configs. It follows the
@@ -676,12 +691,11 @@ segmentation, {plan["configuration"]}, U-Net, planned
 
 ## Model Description
 
-A Ronneberger U-Net ({network["spatial_dims"]}D, depth {network["depth"]}, {network["features"]}
-base features,
-batch-norm) on {plan["channels"]} input channel(s), {plan["num_classes"]} output classes (background,
-{", ".join(plan["class_names"])}), trained with Dice + cross-entropy and AdamW (learning rate
-{plan["learning_rate"]}, polynomial decay). Configuration **{plan["configuration"]}**, patch
-{plan["roi_size"]}, {plan["batch_size"]} x {plan["num_samples"]} patches per step.
+A Ronneberger U-Net ({network["spatial_dims"]}D, depth {network["depth"]}, {network["features"]} base
+features, batch-norm) on {plan["channels"]} input channel(s) and {plan["num_classes"]} output classes
+(background, {", ".join(plan["class_names"])}), trained with Dice + cross-entropy and AdamW (learning rate
+{plan["learning_rate"]}, polynomial decay). Configuration **{plan["configuration"]}**,
+patch {plan["roi_size"]}, {plan["batch_size"]} x {plan["num_samples"]} patches per step.
 
 Why each choice (`plan.json` holds them all):
 
@@ -696,10 +710,11 @@ anisotropy {geometry["anisotropy"]}. The whole fingerprint is in `fingerprint.js
 
 ## Performance
 
-Training: {training}
+Training: {training}{measured}
 
-Validation Dice is written by training (TensorBoard under `runs/`) and by `unet-monai evaluate` (CSV and
-summary under `eval/`).
+Validation Dice is written by training (TensorBoard under `runs/`) and by the bundle's evaluate.json
+(`unet-monai fit` runs it; or `python -m monai.bundle run --config_file
+"['configs/train.json','configs/evaluate.json']" ...`): metrics.csv, summary.json and overlays under `eval/`.
 
 ## System Configuration
 
@@ -779,14 +794,3 @@ def write_bundle(
     write_text(output / "LICENSE", LICENSE_TEXT)
     write_text(output / "large_files.yml", LARGE_FILES)
     return output
-
-
-def rewrite_inference(bundle: str | Path, **values: Any) -> Path:
-    """Set top-level ids of ``bundle``'s inference.json (e.g. ``ensemble_folds`` after a K-fold fit)."""
-    path = Path(bundle) / "configs" / "inference.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    for key, value in values.items():
-        if key not in config:
-            raise KeyError(f"{path}: no id {key!r} to set")
-        config[key] = value
-    return write_text(path, zoo_json(json.dumps(config)))

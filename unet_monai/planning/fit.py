@@ -45,6 +45,14 @@ def pack_folds(checkpoints: list[Path], output: Path) -> Path:
     return write_bytes(output, buffer.getvalue())
 
 
+def _mean_metrics(per_fold: list[dict[str, Any]]) -> dict[str, float]:
+    """Each metric's mean over the folds (the cross-validation figure with K folds)."""
+    names = per_fold[0]["metrics"]
+    return {
+        name: round(sum(entry["metrics"][name] for entry in per_fold) / len(per_fold), 4) for name in names
+    }
+
+
 def _fold_metrics(workflow: Any) -> dict[str, float]:
     metrics = workflow.parser.get_parsed_content("validate#evaluator").state.metrics
     return {key: round(float(value), 4) for key, value in metrics.items() if isinstance(value, (int, float))}
@@ -67,7 +75,7 @@ def fit_configuration(
 ) -> dict[str, Any]:
     """Plan one configuration, train and evaluate it; the report (also in ``<output>/fit_report.json``)."""
     from unet_monai.bundle import run_workflow
-    from unet_monai.planning.bundle_writer import rewrite_inference
+    from unet_monai.planning.bundle_writer import write_bundle
     from unet_monai.planning.planner import plan_bundle
 
     if folds < 1:
@@ -120,8 +128,21 @@ def fit_configuration(
         checkpoints.append(fold_dir / "model.pt")
     if folds > 1:
         pack_folds(checkpoints, output / "models" / "model.pt")
-        rewrite_inference(output, ensemble_folds=folds)
     dice = [entry["metrics"]["val_mean_dice"] for entry in report["per_fold"]]
+    # The measured figures go into the bundle itself (metadata's eval_metrics, the README), and
+    # inference.json ensembles the folds.
+    results = {"metrics": _mean_metrics(report["per_fold"]), "per_fold": report["per_fold"], "folds": folds}
+    plan = plan | {"results": results, "ensemble_folds": folds}
+    written_fingerprint = json.loads((output / "fingerprint.json").read_text(encoding="utf-8"))
+    dataset_dir = data_dir if data_dir is not None else images_dir
+    write_bundle(
+        output,
+        plan,
+        written_fingerprint,
+        dataset_dir,
+        None if data_dir is not None else labels_dir,
+        command=command,
+    )
     report |= {
         "mean_val_dice": round(sum(dice) / len(dice), 4),
         "plan_seconds": round(plan_seconds, 1),
