@@ -18,7 +18,7 @@ from typing import Any
 from monai.bundle import ConfigComponent, ConfigParser, ConfigWorkflow
 from monai.bundle.utils import ID_SEP_KEY
 
-from unet_monai.checkpoints import read_settings
+from unet_monai.checkpoints import plain_setting, read_settings
 from unet_monai.checks import check_datalist, check_positive_int, check_writable_folder
 
 WORKFLOW_TYPES = {"train": "train", "evaluate": "train", "inference": "infer"}
@@ -161,14 +161,6 @@ def check_overrides(bundle_dir: str | Path, name: str, overrides: Mapping[str, A
         check_override(parser, key, value, source)
 
 
-def _same_setting(config_value: Any, saved: Any) -> bool:
-    """Whether a config's resolved value equals a saved setting (tuples and lists alike)."""
-    try:
-        return json.loads(json.dumps(config_value, default=str)) == saved
-    except (TypeError, ValueError):
-        return False
-
-
 def trained_settings(bundle_dir: str | Path, name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The settings saved in the checkpoint an inference / evaluation loads (``ckpt_path``) that differ
     from the config's values and that ``overrides`` does not set: overrides used in training, applied
@@ -195,7 +187,11 @@ def trained_settings(bundle_dir: str | Path, name: str, overrides: Mapping[str, 
             current = parser.get_parsed_content(key)
         except Exception:
             continue
-        if not _same_setting(current, saved):
+        try:
+            same = plain_setting(current, key) == saved
+        except ValueError:  # not a plain value: it cannot equal a saved one
+            same = False
+        if not same:
             added[key] = saved
     if added:
         listed = ", ".join(f"{key}={json.dumps(value)}" for key, value in added.items())

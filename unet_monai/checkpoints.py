@@ -37,6 +37,7 @@ __all__ = [
     "check_fits",
     "load_weights",
     "read_settings",
+    "plain_setting",
     "read_state_dict",
 ]
 
@@ -153,7 +154,7 @@ def load_weights(network: nn.Module, path: str | Path) -> None:
     network.load_state_dict(state)
 
 
-def _plain(value: Any, name: str) -> Any:
+def plain_setting(value: Any, name: str) -> Any:
     """``value`` as JSON-safe Python (tuples and tensors as lists, paths and devices as text)."""
 
     def simple(item: Any) -> Any:
@@ -180,7 +181,7 @@ class TrainingSettings:
         metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
         self.bundle = str(metadata.get("name", Path(bundle_root).name))
         self.version = str(metadata.get("version", ""))
-        self.values = {str(name): _plain(value, str(name)) for name, value in values.items()}
+        self.values = {str(name): plain_setting(value, str(name)) for name, value in values.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "version": self.version, "values": dict(self.values)}

@@ -106,6 +106,28 @@ def _chain(kind: str, label: bool) -> dict[str, Any]:
     return chain
 
 
+CHECKPOINT_LOADER = {
+    "_target_": "CheckpointLoader",
+    "load_path": "@ckpt_path",
+    "load_dict": {"model": "@network"},
+    "map_location": "@device",
+}
+
+
+def _mask_saver(key: str, output_dir: str) -> dict[str, Any]:
+    """Masks of ``key`` as ``<case>_seg`` uint8 files in ``output_dir``, on the grid they already have."""
+    return {
+        "_target_": "unet_monai.transforms.AtomicSaveImaged",
+        "keys": key,
+        "output_dir": output_dir,
+        "output_postfix": "seg",
+        "output_dtype": "$numpy.uint8",
+        "resample": False,
+        "separate_folder": False,
+        "print_log": False,
+    }
+
+
 def _stored_values(plan: dict[str, Any], key: str) -> list[dict[str, Any]]:
     """Masks back to the values the label files store (``[0, 255]``), where the plan maps them."""
     if plan.get("label_values") is None:
@@ -425,25 +447,11 @@ def inference_config(plan: dict[str, Any], dataset_dir: str) -> dict[str, Any]:
                     "to_tensor": True,
                 },
                 *_stored_values(plan, "pred"),
-                {
-                    "_target_": "unet_monai.transforms.AtomicSaveImaged",
-                    "keys": "pred",
-                    "output_dir": "@output_dir",
-                    "output_postfix": "seg",
-                    "output_dtype": "$numpy.uint8",
-                    "resample": False,
-                    "separate_folder": False,
-                    "print_log": False,
-                },
+                _mask_saver("pred", "@output_dir"),
             ],
         },
         "handlers": [
-            {
-                "_target_": "CheckpointLoader",
-                "load_path": "@ckpt_path",
-                "load_dict": {"model": "@network"},
-                "map_location": "@device",
-            },
+            CHECKPOINT_LOADER,
             {"_target_": "ignite.handlers.ProgressBar", "persist": True},
         ],
         "evaluator": {
@@ -488,16 +496,7 @@ def evaluate_config(plan: dict[str, Any]) -> dict[str, Any]:
                 },
                 {"_target_": "AsDiscreted", "keys": "pred_on_source", "argmax": True},
                 *_stored_values(plan, "pred_on_source"),
-                {
-                    "_target_": "unet_monai.transforms.AtomicSaveImaged",
-                    "keys": "pred_on_source",
-                    "output_dir": "@pred_dir",
-                    "output_postfix": "seg",
-                    "output_dtype": "$numpy.uint8",
-                    "resample": False,
-                    "separate_folder": False,
-                    "print_log": False,
-                },
+                _mask_saver("pred_on_source", "@pred_dir"),
                 {"_target_": "DeleteItemsd", "keys": "pred_on_source"},
                 {
                     "_target_": "AsDiscreted",
@@ -508,12 +507,7 @@ def evaluate_config(plan: dict[str, Any]) -> dict[str, Any]:
             ],
         },
         "validate#handlers": [
-            {
-                "_target_": "CheckpointLoader",
-                "load_path": "@ckpt_path",
-                "load_dict": {"model": "@network"},
-                "map_location": "@device",
-            },
+            CHECKPOINT_LOADER,
             {"_target_": "StatsHandler", "iteration_log": False},
             {
                 "_target_": "MetricsSaver",
