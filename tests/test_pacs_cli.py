@@ -31,7 +31,7 @@ from tests.orthanc_server import (
     free_port,
 )
 from unet_monai.cli import main
-from unet_monai.dicom.infer import choose_pacs_series, parse_node, segment_dicom
+from unet_monai.dicom.infer import pacs_candidates, parse_node, segment_dicom
 from unet_monai.dicom.pacs import DicomWebPacs
 from unet_monai.dicom.seg import read_seg
 from unet_monai.dicom.write_series import write_series
@@ -183,18 +183,24 @@ def test_pacs_errors_are_one_line(
         assert expected in error and "\n" not in error
 
 
-def test_choose_pacs_series_and_parse_node() -> None:
+def test_pacs_candidates_and_parse_node() -> None:
     series = [
         {"SeriesInstanceUID": "1.1", "Modality": "MR", "NumberOfSeriesRelatedInstances": 30},
         {"SeriesInstanceUID": "1.2", "Modality": "SEG", "NumberOfSeriesRelatedInstances": 1},
         {"SeriesInstanceUID": "1.3", "Modality": "MR", "NumberOfSeriesRelatedInstances": 20},
+        {"SeriesInstanceUID": "1.4", "Modality": "MR", "SeriesDescription": "Localizer"},
     ]
-    assert choose_pacs_series(series[:2], "9", "http://pacs")["SeriesInstanceUID"] == "1.1"
-    assert choose_pacs_series(series, "9", "http://pacs", "1.3")["SeriesInstanceUID"] == "1.3"
-    with pytest.raises(ValueError, match=r"2 image series in study 9 on http://pacs.*1\.1 \(MR.*1\.3 \(MR"):
-        choose_pacs_series(series, "9", "http://pacs")
-    with pytest.raises(ValueError, match="no series 1.2 in study 9"):
-        choose_pacs_series(series, "9", "http://pacs", "1.2")
+
+    def uids(*args: str | None) -> list[str]:
+        return [s["SeriesInstanceUID"] for s in pacs_candidates(series, "9", "http://pacs", *args)]
+
+    assert uids() == ["1.1", "1.3", "1.4"]  # pulled; the default rule and --rules decide on the headers
+    assert uids("1.3") == ["1.3"]
+    assert uids(None, "(?i)^loc") == ["1.4"]
+    with pytest.raises(ValueError, match=r"no series 1.2 in study 9 on http://pacs; image series: 1\.1 \(MR"):
+        pacs_candidates(series, "9", "http://pacs", "1.2")
+    with pytest.raises(ValueError, match="no image series with a description matching 'T2' in study 9"):
+        pacs_candidates(series, "9", "http://pacs", None, "T2")
     assert parse_node("127.0.0.1:4242:ORTHANC") == ("127.0.0.1", 4242, "ORTHANC")
     for text in ("host:4242", "host:99999:AET", "host:4242:" + "A" * 17):
         with pytest.raises(ValueError, match="HOST:PORT:AET"):

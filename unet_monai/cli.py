@@ -57,6 +57,23 @@ def run_job(job: Callable[..., int], args: argparse.Namespace) -> int:
     return job(**{name: values[name] for name in parameters if name in values})
 
 
+def _add_selection_options(command: argparse.ArgumentParser, prefix: str) -> None:
+    """--description and --rules: which series of a study to segment, beside the default rule."""
+    command.add_argument(
+        "--description",
+        metavar="REGEX",
+        help=prefix + "only series whose SeriesDescription matches this regular expression (searched)",
+    )
+    command.add_argument(
+        "--rules",
+        metavar="FILE",
+        help=prefix + "series selection rules, MONAI Deploy's DICOMSeriesSelectorOperator JSON "
+        '({"selections": [{"name": ..., "conditions": {"Modality": "MR", ...}}]}); applied after the '
+        "default rule, which skips localizers, SEG / SR / PR / KO objects, modalities the bundle does not "
+        "take and series of too few or non-parallel slices",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unet-monai",
@@ -138,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("--series-uid", help="DICOM input: the SeriesInstanceUID to segment")
     infer.add_argument("--modality", help="DICOM input: only series of this modality (e.g. MR)")
+    _add_selection_options(infer, "DICOM input: ")
     infer.add_argument(
         "--seg-type", choices=["binary", "labelmap"], default="binary", help="DICOM SEG type (default binary)"
     )
@@ -160,14 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
         "pacs",
         help="segment a series of a study on a DICOMweb PACS and store the DICOM SEG back",
         description="Find the study's image series (QIDO-RS; SEG and other non-image series skipped), "
-        "pull the chosen one (WADO-RS), segment it with the bundle and store the SEG in the same study by "
+        "pull them (WADO-RS), choose one as infer does (default rule, --rules, --description, --series-uid), "
+        "segment it with the bundle and store the SEG in the same study by "
         "STOW-RS, or by C-STORE with --c-store. Prints the SEG's SOPInstanceUID and where it went.",
     )
     pacs.add_argument("--url", required=True, help="DICOMweb root, e.g. http://localhost:8042/dicom-web")
     pacs.add_argument("--study", required=True, help="StudyInstanceUID")
     pacs.add_argument("--bundle", required=True, help="bundle folder")
     pacs.add_argument("--modality", help="only series of this modality (e.g. MR)")
-    pacs.add_argument("--series-uid", help="the SeriesInstanceUID to segment (needed when several match)")
+    pacs.add_argument("--series-uid", help="the SeriesInstanceUID to segment")
+    _add_selection_options(pacs, "")
     pacs.add_argument("--checkpoint", help=f"weights to use (default BUNDLE/{jobs.DEFAULT_CHECKPOINT})")
     pacs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     pacs.add_argument(

@@ -158,10 +158,12 @@ def is_dicom_input(
     format: str | None = None,
     series_uid: str | None = None,
     modality: str | None = None,
+    selectors: Sequence[str | None] = (),
 ) -> bool:
     """Whether ``infer`` segments a DICOM series (``segment_dicom``) rather than image files.
 
-    Yes for a folder with ``format`` seg / both or a series selector; for a folder of DICOM images with
+    Yes for a folder with ``format`` seg / both or a series selector (``series_uid``, ``modality``, or
+    any of ``selectors``: a description regex, a rules file); for a folder of DICOM images with
     ``format`` nifti; and, without ``format``, for a folder of DICOM images given to a bundle that does not
     read DICOM itself (its metadata's ``data_type`` is not "dicom", e.g. a NIfTI volume bundle).
     """
@@ -169,7 +171,7 @@ def is_dicom_input(
 
     if not source.is_dir():
         return False
-    if format in ("seg", "both") or series_uid is not None or modality is not None:
+    if format in ("seg", "both") or any(v is not None for v in (series_uid, modality, *selectors)):
         return True
     if not holds_dicom_images(source):
         return False
@@ -223,6 +225,8 @@ def infer_dicom(
     series_uid: str | None = None,
     modality: str | None = None,
     seg_type: str = "binary",
+    description: str | None = None,
+    rules: str | None = None,
 ) -> int:
     """One DICOM series: a DICOM SEG and / or a NIfTI mask named by its SeriesInstanceUID (made safe: the
     UID comes from the files)."""
@@ -237,10 +241,16 @@ def infer_dicom(
         formats=formats,
         series_uid=series_uid,
         modality=modality,
+        description=description,
+        rules=rules,
         checkpoint=checkpoint,
         overrides=dict(overrides),
         seg_type=seg_type,
     )
+    selection = result["selection"]
+    print(f"series {selection.series.summary()}: {selection.reason}")
+    for info, reason in selection.skipped:
+        print(f"  skipped series {info.summary()}: {reason}")
     print(f"series {shown(result['series_uid'])}: labels {result['labels']}")
     for kind, path in result["files"].items():
         print(f"{kind}: {path}")
@@ -261,6 +271,8 @@ def infer(
     seg_type: str = "binary",
     resume: bool = False,
     shard: str | None = None,
+    description: str | None = None,
+    rules: str | None = None,
 ) -> int:
     """Segment image files, or one DICOM series: bad cases reported and skipped (exit 1), outputs atomic,
     resumable, sharded.
@@ -282,7 +294,7 @@ def infer(
             "remove --set " + own[0]
         )
     run_overrides = {"dataset_dir": str(source.resolve())} | user
-    dicom = is_dicom_input(bundle, source, format, series_uid, modality)
+    dicom = is_dicom_input(bundle, source, format, series_uid, modality, (description, rules))
     if not dicom and format in ("seg", "both"):
         raise JobError(f"{input}: --format {format} needs a folder of DICOM images")
     files = [] if dicom else image_files(source)
@@ -290,7 +302,17 @@ def infer(
     if dicom:
         checkpoint = weights.get("ckpt_path")
         return infer_dicom(
-            bundle, source, output, checkpoint, user | weights, format, series_uid, modality, seg_type
+            bundle,
+            source,
+            output,
+            checkpoint,
+            user | weights,
+            format,
+            series_uid,
+            modality,
+            seg_type,
+            description,
+            rules,
         )
     started = time.time() - 1.0  # file times can be coarser than the clock
     report = run_batch_inference(
@@ -312,6 +334,8 @@ def pacs(
     overrides: Mapping[str, Any] | None = None,
     seg_type: str = "binary",
     c_store: str | None = None,
+    description: str | None = None,
+    rules: str | None = None,
     work: str | None = None,
     timeout: float = 60.0,
     connect_timeout: float = 5.0,
@@ -330,6 +354,8 @@ def pacs(
             bundle,
             modality=modality,
             series_uid=series_uid,
+            description=description,
+            rules=rules,
             checkpoint=checkpoint,
             overrides=dict(overrides or {}),
             seg_type=seg_type,

@@ -30,13 +30,20 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from unet_monai.dicom.selection import (
+    SelectionRules,
+    accepted_modalities,
+    check_description,
+    choose_series,
+    load_rules,
+)
 from unet_monai.dicom.series import (
     NOT_DICOM_SUFFIXES,
     NOT_IMAGE_MODALITIES,
     PIXEL_TAGS,
     DicomSeriesError,
     DicomVolume,
-    read_series,
+    read_series_info,
     shown,
 )
 from unet_monai.io import PARTIAL_PREFIX, atomic_output, output_path, safe_name, trained_weights
@@ -218,10 +225,15 @@ def segment_dicom(
     checkpoint: str | Path | None = None,
     overrides: dict | None = None,
     seg_type: str = "binary",
+    rules: str | Path | SelectionRules | None = None,
 ) -> dict[str, Any]:
     """Segment one DICOM series of ``input_folder`` with ``bundle``'s inference workflow.
 
-    The series is chosen as by ``select_series`` (several matching series are an error listing them).
+    The series is chosen by :func:`unet_monai.dicom.selection.choose_series`: the default rule (no
+    localizers, derived objects, modalities the bundle's metadata does not name, or too few / non-parallel
+    slices), then ``rules`` (a MONAI Deploy selection rules file or :class:`SelectionRules`), then
+    ``series_uid`` / ``modality`` / ``description`` (a regex); none left is ``NoSeriesToSegment``, several
+    an error listing them.
     Writes ``<output>/<SeriesInstanceUID>_seg.dcm`` (``"seg"`` in ``formats``; a DICOM SEG of
     ``seg_type`` with the classes and codes of the bundle's metadata) and / or
     ``<output>/<SeriesInstanceUID>_seg.nii.gz`` (``"nifti"``; the mask on the series' grid, as
@@ -235,8 +247,18 @@ def segment_dicom(
     bundle = Path(bundle).resolve()
     overrides = dict(overrides or {})
     weights = trained_weights(bundle, checkpoint, overrides)
-    metadata = bundle_metadata(bundle) if "seg" in chosen else {}
-    volume = read_series(input_folder, series_uid, modality, description, rule="only")
+    metadata = bundle_metadata(bundle)
+    if rules is not None and not isinstance(rules, SelectionRules):
+        rules = load_rules(rules)
+    selection = choose_series(
+        input_folder,
+        rules=rules,
+        series_uid=series_uid,
+        modality=modality,
+        description=description,
+        modalities=accepted_modalities(metadata),
+    )
+    volume = read_series_info(selection.series)
     if "seg" in chosen:
         _check_uids_for_seg(volume, input_folder)
     name = _output_name(volume.series_uid)
@@ -271,6 +293,7 @@ def segment_dicom(
         "seg_sop_instance_uid": seg_uids[0],
         "seg_series_uid": seg_uids[1],
         "labels": np.unique(mask).tolist(),
+        "selection": selection,
     }
 
 
@@ -292,23 +315,30 @@ def _series_line(series: dict[str, Any]) -> str:
     )
 
 
-def choose_pacs_series(
-    series: Sequence[dict[str, Any]], study_uid: str, url: str, series_uid: str | None = None
-) -> dict[str, Any]:
-    """The one image series of a study's QIDO-RS answer (SEG, SR, ... skipped), by ``series_uid`` if
-    given; a one-line ValueError listing the image series when there is none or more than one."""
+def pacs_candidates(
+    series: Sequence[dict[str, Any]],
+    study_uid: str,
+    url: str,
+    series_uid: str | None = None,
+    description: str | None = None,
+) -> list[dict[str, Any]]:
+    """The image series of a study's QIDO-RS answer that may be the one to segment (SEG, SR, ... left
+    out), by ``series_uid`` and ``description`` (a regex) if given; a one-line ValueError listing the
+    image series when none is left. Which of several to segment is decided on their pulled headers."""
     images = [s for s in series if str(s.get("Modality", "")).upper() not in NOT_IMAGE_MODALITIES]
     listed = "; ".join(_series_line(s) for s in images) or "none"
-    matches = [s for s in images if series_uid is None or s["SeriesInstanceUID"] == series_uid]
+    matches = [
+        s
+        for s in images
+        if (series_uid is None or s["SeriesInstanceUID"] == series_uid)
+        and (description is None or re.search(description, str(s.get("SeriesDescription", ""))) is not None)
+    ]
     if not matches:
         wanted = f"series {series_uid}" if series_uid else "image series"
+        if description is not None:
+            wanted += f" with a description matching {description!r}"
         raise ValueError(f"no {shown(wanted)} in study {shown(study_uid)} on {url}; image series: {listed}")
-    if len(matches) > 1:
-        raise ValueError(
-            f"{len(matches)} image series in study {shown(study_uid)} on {url}, choose one with a series UID "
-            f"or modality: {listed}"
-        )
-    return matches[0]
+    return matches
 
 
 def segment_pacs_study(
@@ -318,6 +348,8 @@ def segment_pacs_study(
     *,
     modality: str | None = None,
     series_uid: str | None = None,
+    description: str | None = None,
+    rules: str | Path | SelectionRules | None = None,
     checkpoint: str | Path | None = None,
     overrides: dict | None = None,
     seg_type: str = "binary",
@@ -330,13 +362,14 @@ def segment_pacs_study(
     :func:`segment_dicom` and store the SEG back: by STOW-RS, or by C-STORE to ``c_store_node``
     (``HOST:PORT:AET``) when given.
 
-    The series is the study's only image series (of ``modality`` if given), or ``series_uid``. The
-    weights are checked before the PACS is asked anything. Pulled files go to
-    ``<work>/pulled/<series UID made safe>/`` and the SEG to ``<work>/output/`` under ``work_dir`` (kept)
-    or a temporary folder (removed). ``connect_timeout`` / ``timeout``: seconds to open a connection /
-    that the PACS may stay silent, for every request (None: ``pacs.DEFAULT_CONNECT_TIMEOUT`` / ``pacs.
-    DEFAULT_TIMEOUT``). Returns what :func:`segment_dicom` returns plus
-    ``destination`` (where the SEG went) and ``seg`` (its path, only meaningful with ``work_dir``).
+    The image series of the study (of ``modality``, ``series_uid``, ``description`` if given) are pulled
+    and the one to segment is chosen on their headers as for a folder (:func:`segment_dicom`: the default
+    rule, then ``rules``). The weights and the rules are checked before the PACS is asked anything.
+    Pulled files go to ``<work>/pulled/<series UID made safe>/`` and the SEG to ``<work>/output/`` under
+    ``work_dir`` (kept) or a temporary folder (removed). ``connect_timeout`` / ``timeout``: seconds to
+    open a connection / that the PACS may stay silent, for every request (None:
+    ``pacs.DEFAULT_CONNECT_TIMEOUT`` / ``pacs.DEFAULT_TIMEOUT``). Returns what :func:`segment_dicom`
+    returns plus ``destination`` (where the SEG went) and ``seg`` (its path, meaningful with ``work_dir``).
     """
     from unet_monai.dicom.pacs import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, DicomWebPacs, c_store
 
@@ -348,27 +381,36 @@ def segment_pacs_study(
     node = parse_node(c_store_node) if c_store_node else None
     resolved = Path(bundle).resolve()
     trained_weights(resolved, checkpoint, dict(overrides or {}))  # missing weights: before pulling anything
+    if rules is not None and not isinstance(rules, SelectionRules):
+        rules = load_rules(rules)
+    check_description(description)
     limits = {
         "timeout": DEFAULT_TIMEOUT if timeout is None else timeout,
         "connect_timeout": DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,
     }
     pacs = DicomWebPacs(url, **limits)
-    chosen = choose_pacs_series(pacs.find_series(study_uid, modality), study_uid, pacs.url, series_uid)
-    uid = chosen["SeriesInstanceUID"]
+    found = pacs_candidates(
+        pacs.find_series(study_uid, modality), study_uid, pacs.url, series_uid, description
+    )
     with tempfile.TemporaryDirectory(prefix="unet-monai-pacs-") as temporary:
         work = Path(work_dir) if work_dir is not None else Path(temporary)
-        folder = output_path(work / "pulled", safe_name(uid))
-        pacs.pull_series(study_uid, uid, folder)
+        for candidate in found:
+            uid = candidate["SeriesInstanceUID"]
+            pacs.pull_series(study_uid, uid, output_path(work / "pulled", safe_name(uid)))
         result = segment_dicom(
             bundle,
-            folder,
+            work / "pulled",
             work / "output",
             formats=("seg",),
-            series_uid=uid,
+            series_uid=series_uid,
+            modality=modality,
+            description=description,
+            rules=rules,
             checkpoint=checkpoint,
             overrides=overrides,
             seg_type=seg_type,
         )
+        uid = result["series_uid"]
         seg_path = result["files"]["seg"]
         if node is None:
             stored = pacs.store([seg_path])

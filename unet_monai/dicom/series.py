@@ -472,7 +472,12 @@ def read_series(
     ordered by position along the slice normal; missing, duplicated or unevenly spaced slices,
     differing orientations / sizes and missing geometry are errors naming the file or folder.
     """
-    info = _series_files(folder_or_files, series_uid, modality, description, rule)
+    return read_series_info(_series_files(folder_or_files, series_uid, modality, description, rule))
+
+
+def read_series_info(info: SeriesInfo) -> DicomVolume:
+    """The series ``info`` (as :func:`find_series` found it) as a ``DicomVolume``, checked as by
+    :func:`read_series`."""
     slices, affine_lps = _sorted_slices(info.files, info.headers)
     frames, datasets = [], []
     for s in slices:
