@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean bench
+.PHONY: demo test lint format clean bench deploy
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-constraint.txt
 	$(BIN)/python -m pip install --quiet -c $(VENV)/torch-constraint.txt -e ".[dev]"
 	touch $(STAMP)
+
+# The deploy extra (monai-deploy-app-sdk, Holoscan; ~5 s, ~420 MB) for tests/test_deploy_app.py.
+DEPLOY_STAMP := $(VENV)/.installed-deploy
+$(DEPLOY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c $(VENV)/torch-constraint.txt -e ".[dev,deploy]"
+	touch $(DEPLOY_STAMP)
+
+deploy: $(DEPLOY_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/unet-monai demo

@@ -33,6 +33,27 @@ RULES = APP / "rules.json"
 APP_TIMEOUT_S = 300
 
 
+def test_app_folder_rules_are_the_default_rules() -> None:
+    from unet_monai.deploy.app import DEFAULT_RULES, load_rules
+
+    assert json.loads(RULES.read_text()) == DEFAULT_RULES
+    assert json.loads(load_rules(RULES)) == DEFAULT_RULES
+
+
+def test_model_path_is_a_bundle_or_a_folder_holding_one(tmp_path: Path) -> None:
+    from unet_monai.deploy.app import bundle_folder
+
+    assert bundle_folder(HIPPOCAMPUS_BUNDLE) == HIPPOCAMPUS_BUNDLE.resolve()
+    models = tmp_path / "models"  # a MAP's /opt/holoscan/models: the bundle under its own name
+    (models / "hippocampus_unet2d" / "configs").mkdir(parents=True)
+    (models / "hippocampus_unet2d" / "configs" / "metadata.json").write_text("{}")
+    assert bundle_folder(models) == (models / "hippocampus_unet2d").resolve()
+    (models / "other" / "configs").mkdir(parents=True)
+    (models / "other" / "configs" / "metadata.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="found 2"):
+        bundle_folder(models)
+
+
 def _set_image_type(paths: list[Path], image_type: list[str]) -> None:
     for path in paths:
         dataset = pydicom.dcmread(path)

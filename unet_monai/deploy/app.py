@@ -2,9 +2,11 @@
 
 Run it as the SDK's apps are run: ``python -m unet_monai.deploy -i DICOM_FOLDER -o OUTPUT -m BUNDLE``, or
 with ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_OUTPUT_PATH`` / ``HOLOSCAN_MODEL_PATH`` set (as in a MONAI
-Application Package, where the model path is the bundle folder). The selection rules (MONAI Deploy's
-``DICOMSeriesSelectorOperator`` JSON) come from ``UNET_MONAI_RULES`` (a file), else the ``rules`` given to
-:func:`main`, else :data:`DEFAULT_RULES`. The SEG is written as ``OUTPUT/<SOPInstanceUID>.dcm``.
+Application Package). The model path is the bundle folder, or a folder holding exactly one bundle
+folder: a MAP's ``/opt/holoscan/models`` holds the bundle given to ``--models`` under its own name.
+The selection rules (MONAI Deploy's ``DICOMSeriesSelectorOperator`` JSON) come from ``UNET_MONAI_RULES``
+(a file), else the ``rules`` given to :func:`main`, else :data:`DEFAULT_RULES`.
+The SEG is written as ``OUTPUT/<SOPInstanceUID>.dcm``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,21 @@ def load_rules(path: str | Path | None = None) -> str:
     return json.dumps(rules)
 
 
+def bundle_folder(model_path: str | Path) -> Path:
+    """The bundle at ``model_path``: the folder itself when it has ``configs/metadata.json``, else its one
+    sub-folder that has; a one-line FileNotFoundError otherwise."""
+    path = Path(model_path).resolve()
+    if (path / "configs" / "metadata.json").is_file():
+        return path
+    found = sorted(p for p in path.glob("*/configs/metadata.json")) if path.is_dir() else []
+    if len(found) != 1:
+        raise FileNotFoundError(
+            f"{path}: the model path must be a bundle folder (configs/metadata.json) or hold exactly one, "
+            f"found {len(found)}"
+        )
+    return found[0].parent.parent
+
+
 class UnetSegApplication(Application):
     """Segments the first series the rules select with the bundle at the model path; writes a DICOM SEG."""
 
@@ -66,7 +83,7 @@ class UnetSegApplication(Application):
 
     def compose(self) -> None:
         context = Application.init_app_context(self.argv)
-        bundle = Path(context.model_path).resolve()
+        bundle = bundle_folder(context.model_path)
         metadata = bundle_metadata(bundle)
         loader = DICOMDataLoaderOperator(
             self, CountCondition(self, 1), input_folder=Path(context.input_path), name="dicom_loader"
