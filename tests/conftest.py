@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,28 @@ FAST_TRAIN = {
     "batch_size": 2,
     "network_def#features": 8,
 }
+
+
+@contextmanager
+def root_log_to_stdout() -> Iterator[None]:
+    """A bundle's logging.conf binds a root StreamHandler to the sys.stdout of the test that ran it (pytest's
+    capture, closed since): point it at the current stdout, so that a log line is not a "Logging error"."""
+    handlers = [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
+    streams = [h.stream for h in handlers]
+    for handler in handlers:
+        handler.stream = sys.stdout  # not setStream: it flushes the closed stream
+    try:
+        yield
+    finally:
+        for handler, stream in zip(handlers, streams, strict=True):
+            handler.stream = stream
+
+
+@pytest.fixture(autouse=True)
+def bundle_log_to_current_stdout() -> Iterator[None]:
+    """Every test logs to its own stdout, not to the closed capture of a test that ran a bundle before."""
+    with root_log_to_stdout():
+        yield
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -51,3 +51,55 @@ def balanced_checkpoint(checkpoint: Path, image: Path, output: Path) -> Path:
     )
     torch.save(state, output)
     return output
+
+
+def write_scanner_study(image: Path, folder: Path, seed: int = 0) -> dict[str, str]:
+    """A study folder as a scanner sends it: the volume of ``image`` (MR, 'T1 volume'), a 3-slice
+    tri-plane localizer (ImageType LOCALIZER, axial / coronal / sagittal), and a stray text file, all in
+    ``folder``. Returns the two series' UIDs {"volume": ..., "localizer": ...} and the study UID."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from unet_monai.dicom.write_series import write_series
+
+    nifti = nib.load(image)
+    study_uid = generate_uid()
+    volume = write_series(
+        np.asarray(nifti.dataobj),
+        nifti.affine,
+        folder,
+        series_description="T1 volume",
+        series_number=2,
+        study_uid=study_uid,
+        patient_name=PATIENT_NAME,
+        patient_id=PATIENT_ID,
+        name_prefix="vol_",
+        shuffle_seed=seed,
+    )
+    localizer_uid = generate_uid()
+    plane = np.full((32, 32, 1), 100.0, dtype=np.float32)
+    plane[8:24, 8:24] = 300.0
+    axial = np.diag([1.0, 1.0, 1.0, 1.0])
+    coronal = np.array([[1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0]])
+    sagittal = np.array([[0, 0, 1.0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0]])
+    for number, affine in enumerate((axial, coronal, sagittal)):
+        for path in write_series(
+            plane,
+            affine,
+            folder,
+            series_description="Localizer",
+            series_number=1,
+            study_uid=study_uid,
+            series_uid=localizer_uid,
+            patient_name=PATIENT_NAME,
+            patient_id=PATIENT_ID,
+            name_prefix=f"loc{number}_",
+        ):
+            ds = pydicom.dcmread(path)
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+            ds.InstanceNumber = number + 1
+            ds.save_as(path)
+    (folder / "notes.txt").write_text("scanner export log\n")
+    (folder / "DICOMDIR_stray").write_bytes(b"\x00\x01 not dicom at all" * 10)
+    first = pydicom.dcmread(volume[0], stop_before_pixels=True)
+    return {"volume": str(first.SeriesInstanceUID), "localizer": localizer_uid, "study": study_uid}

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.conftest import HIPPOCAMPUS_BUNDLE, require
+from tests.conftest import HIPPOCAMPUS_BUNDLE, require, root_log_to_stdout
 from tests.dicom_helpers import (
     HIPPOCAMPUS_IMAGE,
     PATIENT_ID,
@@ -147,21 +144,6 @@ def test_pacs_stores_seg_by_c_store_skipping_seg_series(
     _assert_seg_on_pacs(orthanc, study, printed, local_seg, tmp_path)
     assert len(list((work / "pulled" / study.series_uid).glob("*.dcm"))) == len(study.files)
     assert [p.name for p in (work / "output").iterdir()] == [f"{study.series_uid}_seg.dcm"]
-
-
-@contextmanager
-def root_log_to_stdout() -> Iterator[None]:
-    """A bundle's logging.conf binds a root StreamHandler to the sys.stdout of the test that ran it (pytest's
-    capture, closed since): point it at the current stdout, so that a log line is not a "Logging error"."""
-    handlers = [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
-    streams = [h.stream for h in handlers]
-    for handler in handlers:
-        handler.stream = sys.stdout  # not setStream: it flushes the closed stream
-    try:
-        yield
-    finally:
-        for handler, stream in zip(handlers, streams, strict=True):
-            handler.stream = stream
 
 
 def test_pacs_errors_are_one_line(

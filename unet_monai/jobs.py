@@ -215,6 +215,13 @@ def check_checkpoints(bundle: str, checkpoints: Sequence[Path], overrides: Mappi
     return added
 
 
+def print_selection(selection: Any) -> None:
+    """The series taken and why, then each series skipped and why (UIDs and descriptions only)."""
+    print(f"series {selection.series.summary()}: {selection.reason}")
+    for info, reason in selection.skipped:
+        print(f"  skipped series {info.summary()}: {reason}")
+
+
 def infer_dicom(
     bundle: str,
     source: Path,
@@ -247,10 +254,7 @@ def infer_dicom(
         overrides=dict(overrides),
         seg_type=seg_type,
     )
-    selection = result["selection"]
-    print(f"series {selection.series.summary()}: {selection.reason}")
-    for info, reason in selection.skipped:
-        print(f"  skipped series {info.summary()}: {reason}")
+    print_selection(result["selection"])
     print(f"series {shown(result['series_uid'])}: labels {result['labels']}")
     for kind, path in result["files"].items():
         print(f"{kind}: {path}")
@@ -367,6 +371,7 @@ def pacs(
     except PacsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    print_selection(result["selection"])
     print(
         f"segmented series {result['series_uid']} of study {result['study_uid']}: labels {result['labels']}"
     )
@@ -559,3 +564,58 @@ __all__ = [
     "plan",
     "train",
 ]
+
+
+def serve(
+    bundle: str,
+    store: str,
+    allow_aet: Sequence[str] | None = None,
+    port: int = 11112,
+    host: str = "127.0.0.1",
+    aet: str = "UNET_MONAI",
+    peer: str | None = None,
+    stow: str | None = None,
+    settle_seconds: float = 10.0,
+    max_queue: int = 10,
+    series_timeout: float = 3600.0,
+    retry_seconds: float = 10.0,
+    checkpoint: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    seg_type: str = "binary",
+) -> int:
+    """A listening DICOM node on ``host:port`` until SIGTERM / SIGINT (:mod:`unet_monai.node`)."""
+    from unet_monai.node.serve import run_node
+
+    return run_node(
+        bundle=bundle,
+        store=store,
+        allow_aet=allow_aet,
+        port=port,
+        host=host,
+        aet=aet,
+        peer=peer,
+        stow=stow,
+        settle_seconds=settle_seconds,
+        max_queue=max_queue,
+        series_timeout=series_timeout,
+        retry_seconds=retry_seconds,
+        checkpoint=checkpoint,
+        overrides=dict(overrides or {}),
+        seg_type=seg_type,
+        job_error=JobError,
+    )
+
+
+def node_status(store: str, json_output: bool = False) -> int:
+    """Print a node store's jobs (running or not); exit code 0 when its node runs, 1 when not."""
+    from unet_monai.node.status import node_status as read_status
+    from unet_monai.node.status import status_lines
+
+    if not Path(store).is_dir():
+        raise JobError(f"{store}: no such node store")
+    status = read_status(store)
+    if json_output:
+        print(json.dumps(status, indent=2))
+    else:
+        print("\n".join(status_lines(status)))
+    return 0 if status["running"] else 1
