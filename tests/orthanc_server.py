@@ -157,9 +157,15 @@ def _stop(process: subprocess.Popen) -> None:
 
 @contextmanager
 def orthanc_server(
-    executable: str | None = None, plugin: Path | None = None, startup_timeout: float = 30.0
+    executable: str | None = None,
+    plugin: Path | None = None,
+    startup_timeout: float = 30.0,
+    settings: dict | None = None,
 ) -> Iterator[OrthancServer]:
-    """Run a private Orthanc on loopback for the ``with`` block; RuntimeError when it cannot start."""
+    """Run a private Orthanc on loopback for the ``with`` block; RuntimeError when it cannot start.
+
+    ``settings`` replace top-level entries of :func:`orthanc_config` (e.g. ``LuaScripts``,
+    ``DicomModalities``, ``StableAge``)."""
     executable = executable or find_orthanc()
     plugin = plugin or find_dicomweb_plugin()
     if executable is None or plugin is None:
@@ -170,7 +176,8 @@ def orthanc_server(
         while dicom_port == http_port:
             dicom_port = free_port()
         config = folder / "orthanc.json"
-        config.write_text(json.dumps(orthanc_config(folder, http_port, dicom_port, plugin), indent=2))
+        content = orthanc_config(folder, http_port, dicom_port, plugin) | dict(settings or {})
+        config.write_text(json.dumps(content, indent=2))
         log = folder / "orthanc.log"
         rest_url = f"http://127.0.0.1:{http_port}"
         with open(log, "wb") as log_file:
