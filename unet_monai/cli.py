@@ -1,4 +1,5 @@
-"""The ``unet-monai`` command line: demo, train, infer, evaluate, plan, fit, networks, pacs.
+"""The ``unet-monai`` command line: demo, train, infer, evaluate, plan, fit, networks, pacs, serve,
+node-status.
 
 This module only parses options: each command calls its job in ``unet_monai.jobs`` with plain
 arguments. Nothing heavy is imported here, so ``unet-monai --help`` answers at once.
@@ -307,6 +308,76 @@ def build_parser() -> argparse.ArgumentParser:
                 "folds' models are ensembled at inference (default 1: fold 0 of 5, a fifth validates)",
             )
         command.set_defaults(job=job)
+
+    serve = commands.add_parser(
+        "serve",
+        help="a listening DICOM node: receive series (C-STORE), segment each, send the SEG back",
+        description="A DICOM Storage SCP that queues received instances on disk (STORE/incoming), segments "
+        "each series once no instance came for --settle-seconds, and sends the SEG by C-STORE (--peer) "
+        "and / or STOW-RS (--stow). Jobs survive a kill: after a restart unfinished jobs run once and "
+        "finished ones are not sent again. Runs until SIGTERM / SIGINT. See OPERATIONS.md.",
+    )
+    serve.add_argument("--bundle", required=True, help="bundle folder")
+    serve.add_argument(
+        "--store", required=True, metavar="DIR", help="the node's queue: instances, jobs, SEGs"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=11112, help="DICOM port (default 11112)")
+    serve.add_argument("--aet", default="UNET_MONAI", help="the node's AE title (default UNET_MONAI)")
+    serve.add_argument(
+        "--allow-aet",
+        action="append",
+        metavar="AET",
+        help="a calling AE title to accept (repeatable; required), or 'any'",
+    )
+    serve.add_argument("--peer", metavar="HOST:PORT:AET", help="C-STORE each SEG to this node")
+    serve.add_argument("--stow", metavar="URL", help="STOW-RS each SEG to this DICOMweb root")
+    serve.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="a series is complete when no instance came for this long (default 10)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=10,
+        metavar="N",
+        help="unfinished series at most; instances of a new series beyond are refused with status 0xA700 "
+        "(default 10)",
+    )
+    serve.add_argument(
+        "--series-timeout",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="a series still receiving after this long fails as never completed (default 3600)",
+    )
+    serve.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="wait before resending a SEG a peer refused, doubled each try up to 10 minutes (default 10)",
+    )
+    serve.add_argument("--checkpoint", help=f"weights to use (default BUNDLE/{jobs.DEFAULT_CHECKPOINT})")
+    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    serve.add_argument(
+        "--seg-type", choices=["binary", "labelmap"], default="binary", help="DICOM SEG type (default binary)"
+    )
+    serve.set_defaults(job=jobs.serve)
+
+    node_status = commands.add_parser(
+        "node-status",
+        help="the jobs of a listening node's store, whether the node runs or not",
+        description="Read a node's store: whether its node runs, and each series' state (receiving, "
+        "running, sending with its last error and next try, done, skipped or failed with the reason). "
+        "Exit code 0 when the node runs, 1 when not (a health check).",
+    )
+    node_status.add_argument("--store", required=True, metavar="DIR", help="the node's --store")
+    node_status.add_argument("--json", dest="json_output", action="store_true", help="print JSON")
+    node_status.set_defaults(job=jobs.node_status)
 
     networks = commands.add_parser(
         "networks", help="list the registered networks", description="List the network registry's names."
