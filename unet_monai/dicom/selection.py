@@ -183,7 +183,8 @@ def default_skip_reason(info: SeriesInfo, modalities: frozenset[str], min_slices
 
 
 def _attribute(info: SeriesInfo, keyword: str) -> Any:
-    """A series' value of ``keyword`` (the first instance's: study and series attributes are shared)."""
+    """A series' value of ``keyword`` (the first instance's: study and series attributes are shared); DS and
+    IS values stay pydicom's float / int subclasses, whose text is the file's, as the SDK compares them."""
     if keyword == "SeriesInstanceUID":
         return info.series_uid
     if keyword == "Modality":
@@ -199,21 +200,23 @@ def _orientation_name(value: Any) -> str | None:
     return ("Sagittal", "Coronal", "Axial")[int(np.argmax(normal))]
 
 
-def _match_number(wanted: Any, value: float) -> bool:
+def _match_number(wanted: Any, value: numbers.Number) -> bool:
+    """A numeric condition; a regex is matched against the value's text (a DS value's text as in the file)."""
+    if isinstance(wanted, str):
+        return re.fullmatch(wanted, str(value)) is not None
+    number = float(value)
     if isinstance(wanted, list):
         if isinstance(wanted[1], str):
             limit, operator = float(wanted[0]), wanted[1]
             return {
-                ">": value > limit,
-                ">=": value >= limit,
-                "<": value < limit,
-                "<=": value <= limit,
-                "!=": value != limit,
+                ">": number > limit,
+                ">=": number >= limit,
+                "<": number < limit,
+                "<=": number <= limit,
+                "!=": number != limit,
             }[operator]
-        return float(wanted[0]) <= value <= float(wanted[1])
-    if isinstance(wanted, str):
-        return re.fullmatch(wanted, str(value)) is not None
-    return float(wanted) == value
+        return float(wanted[0]) <= number <= float(wanted[1])
+    return float(wanted) == number
 
 
 def condition_matches(keyword: str, wanted: Any, value: Any) -> bool:
@@ -236,27 +239,17 @@ def condition_matches(keyword: str, wanted: Any, value: Any) -> bool:
         terms = [str(t).lower() for t in (wanted if isinstance(wanted, list) else [wanted])]
         return all(t[1:] not in text if t.startswith("!") else t in text for t in terms)
     if isinstance(value, numbers.Number) and not isinstance(value, bool):
-        return _match_number(wanted, float(value))
+        return _match_number(wanted, value)
     text = str(value)
     if not isinstance(wanted, str):
         return text.casefold() == str(wanted).casefold()
     return text.casefold() == wanted.casefold() or re.search(wanted, text, re.IGNORECASE) is not None
 
 
-def _numeric(value: Any) -> Any:
-    """pydicom's DS / IS values as numbers, so that numeric conditions apply to them."""
-    if isinstance(value, (str, MultiValue, list)) or value is None:
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
-
-
 def matches_selection(info: SeriesInfo, conditions: dict[str, Any]) -> bool:
     """Whether ``info`` meets every condition of one selection."""
     return all(
-        condition_matches(keyword, wanted, _numeric(_attribute(info, keyword)))
+        condition_matches(keyword, wanted, _attribute(info, keyword))
         for keyword, wanted in conditions.items()
     )
 
