@@ -107,6 +107,24 @@ def store_handler(queue: JobQueue) -> Any:
     return handle
 
 
+def rejected_handler(allowed_aets: Sequence[str] | None) -> Any:
+    """The EVT_REJECTED handler: one log line naming the calling AE title and address."""
+
+    def handle(event: Any) -> None:
+        requestor = event.assoc.requestor
+        allowed = "any" if allowed_aets is None else ", ".join(allowed_aets)
+        logger.warning(
+            "association from AE %s at %s:%s rejected (called AE %s; accepted callers: %s)",
+            shown(requestor.ae_title),
+            requestor.address,
+            requestor.port,
+            shown(event.assoc.acceptor.ae_title),
+            allowed,
+        )
+
+    return handle
+
+
 def make_ae(aet: str, allowed_aets: Sequence[str] | None, timeout: float = 60.0) -> Any:
     """A pynetdicom AE that answers as ``aet``, only to ``allowed_aets`` (None: any calling AE)."""
     from pynetdicom import AE, ALL_TRANSFER_SYNTAXES

@@ -19,7 +19,7 @@ from typing import Any
 
 from unet_monai.io import error_line
 from unet_monai.node.queue import JobQueue
-from unet_monai.node.scp import make_ae, store_handler
+from unet_monai.node.scp import make_ae, rejected_handler, store_handler
 from unet_monai.node.worker import WorkerSettings, process_next
 
 __all__ = ["Node", "NodeSettings"]
@@ -63,7 +63,10 @@ class Node:
             self._server = ae.start_server(
                 (settings.host, settings.port),
                 block=False,
-                evt_handlers=[(evt.EVT_C_STORE, store_handler(self.queue))],
+                evt_handlers=[
+                    (evt.EVT_C_STORE, store_handler(self.queue)),
+                    (evt.EVT_REJECTED, rejected_handler(settings.allowed_aets)),
+                ],
             )
         except BaseException:
             self.queue.close()
