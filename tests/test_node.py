@@ -39,6 +39,7 @@ from tests.orthanc_server import (
 from unet_monai.dicom.pacs import DicomWebPacs, PacsError, c_store
 from unet_monai.dicom.write_series import write_series
 from unet_monai.node import queue as node_queue
+from unet_monai.node.queue import NodeBusyError
 from unet_monai.node.server import Node, NodeSettings
 from unet_monai.node.status import node_status, status_lines
 from unet_monai.node.worker import WorkerSettings
@@ -69,16 +70,12 @@ def orthanc(node_port: int) -> Iterator[OrthancServer]:
         yield server
 
 
-def hippocampus_series(folder: Path, skip: int | None = None) -> list[Path]:
-    """The real hippocampus volume as a new MR series (new study) in ``folder``; ``skip``: a slice to leave
-    out."""
+def hippocampus_series(folder: Path) -> list[Path]:
+    """The real hippocampus volume as a new MR series (new study) in ``folder``, in slice order."""
     image = nib.load(require(HIPPOCAMPUS_IMAGE))
     files = write_series(
         np.asarray(image.dataobj), image.affine, folder, patient_name=PATIENT_NAME, patient_id=PATIENT_ID
     )
-    if skip is not None:
-        files[skip].unlink()
-        files = files[:skip] + files[skip + 1 :]
     return files
 
 
@@ -265,17 +262,33 @@ def test_refused_callers_and_sop_classes_and_a_series_with_a_missing_slice(
     tmp_path: Path, package_log: io.StringIO
 ) -> None:
     store = tmp_path / "store"
-    gap = hippocampus_series(tmp_path / "gap", skip=10)
+    files = hippocampus_series(tmp_path / "series")
+    gap, missing = files[:10] + files[11:], files[10]
+    series_uid = uids(files[0])[1]
     with Node(node_settings(store)) as node:
         with pytest.raises(PacsError, match="rejected \\(calling AE STRANGER\\)"):
             c_store(gap[:1], "127.0.0.1", node.port, NODE_AET, calling_aet="STRANGER")
         assert "association from AE STRANGER at 127.0.0.1:" in package_log.getvalue()
         with pytest.raises(PacsError, match="No presentation context for 'Encapsulated PDF Storage'"):
             c_store([pdf_document()], "127.0.0.1", node.port, NODE_AET, calling_aet=SENDER_AET)
+        with pytest.raises(NodeBusyError, match="another node serves this store"):
+            Node(node_settings(store)).start()
+
         c_store(gap, "127.0.0.1", node.port, NODE_AET, calling_aet=SENDER_AET)
-        job = wait_for(lambda: job_in(store, uids(gap[0])[1], "failed"), 20, "gap series failed", store)
-    assert "1 slice(s) missing between" in job["reason"] and job["instances"] == len(gap)
-    assert [j["series_uid"] for j in node_status(store)["jobs"]] == [uids(gap[0])[1]]
+        job = wait_for(lambda: job_in(store, series_uid, "failed"), 20, "gap series failed", store)
+        assert "1 slice(s) missing between" in job["reason"] and job["instances"] == len(gap)
+        # the operator sends the series again: a failed series re-opens (and fails again)
+        c_store(gap, "127.0.0.1", node.port, NODE_AET, calling_aet=SENDER_AET)
+        assert job_of(store, series_uid)["state"] in ("receiving", "running", "failed")
+        wait_for(
+            lambda: (j := job_in(store, series_uid, "failed")) and j["runs"] == 2, 20, "failed again", store
+        )
+        # the missing slice arrives late: the series re-opens and is segmented whole
+        c_store([missing], "127.0.0.1", node.port, NODE_AET, calling_aet=SENDER_AET)
+        done = wait_for(lambda: job_in(store, series_uid, "done"), 30, "whole series segmented", store)
+    assert done["instances"] == len(files) and done["runs"] == 3 and done["delivered"] == []
+    assert [p["state"] for p in done["previous"]] == ["failed", "failed"]
+    assert [j["series_uid"] for j in node_status(store)["jobs"]] == [series_uid]
 
 
 def store_one(port: int, path: Path) -> Dataset:

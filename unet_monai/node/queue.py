@@ -23,7 +23,7 @@ A job's ``state``:
   file is sent again (same SOPInstanceUID: a PACS keeps one instance);
 * ``done`` / ``skipped`` (not an image series) / ``failed`` (with ``reason``): finished, never re-run or
   re-sent. An instance with a new SOP Instance UID re-opens a finished series (it changed); the same
-  instances sent again do not.
+  instances sent again re-open only a failed one (the operator's retry), never a done or skipped one.
 """
 
 from __future__ import annotations
@@ -285,17 +285,19 @@ class JobQueue:
         path = folder / f"{uid_name(sop_uid)}.dcm"
         with self._lock:
             job = self.job(name)
-            if path.is_file():  # the same instance again: already stored, a finished series stays finished
-                return name, False
+            exists = path.is_file()
+            if exists and (job is None or job["state"] not in ("receiving", "failed")):
+                return name, False  # the same instance again: a done / skipped series stays so
             opens = job is None or job["state"] in FINISHED
             if opens and self.unfinished() >= self.max_unfinished:
                 raise QueueFullError(
                     f"queue full: {self.max_unfinished} unfinished series, "
                     f"series {header['series_uid']} refused"
                 )
-            folder.mkdir(parents=True, exist_ok=True)
-            with atomic_output(path) as temporary:
-                _write_file(temporary, data)
+            if not exists:
+                folder.mkdir(parents=True, exist_ok=True)
+                with atomic_output(path) as temporary:
+                    _write_file(temporary, data)
             now = time.time()
             try:
                 if job is None:
@@ -308,9 +310,10 @@ class JobQueue:
                 job["instances"] = self._count(name)
                 self._save(job)
             except BaseException:
-                path.unlink(missing_ok=True)
+                if not exists:
+                    path.unlink(missing_ok=True)
                 raise
-        return name, True
+        return name, not exists
 
     def _reopened(self, job: dict[str, Any], now: float) -> dict[str, Any]:
         """A finished job whose series got a new instance: receiving again (its outcome kept in
