@@ -238,12 +238,21 @@ def test_non_image_series_are_stored_and_skipped_with_a_reason(tmp_path: Path) -
             "both skipped",
             store,
         )
+    # an instance written just before a kill -9, its record not: the next start re-opens the series
     jobs = {job["modality"]: job for job in node_status(store)["jobs"]}
+    folder = store / "incoming" / jobs["SR"]["name"]
+    report.SOPInstanceUID = generate_uid()
+    report.save_as(folder / f"{report.SOPInstanceUID}.dcm", enforce_file_format=True)
+    with Node(node_settings(store, settle_seconds=0.2)):
+        wait_for(lambda: job_of(store, report.SeriesInstanceUID)["runs"] == 2, 20, "SR re-opened", store)
+    jobs = {job["modality"]: job for job in node_status(store)["jobs"]}
+    assert jobs["SR"]["instances"] == 2 and jobs["SR"]["state"] == "skipped" and jobs["SEG"]["runs"] == 1
     assert set(jobs) == {"SEG", "SR"}
     assert "a DICOM SEG object, not an image" in jobs["SEG"]["reason"]
     assert "a DICOM SR object, not an image" in jobs["SR"]["reason"]
     for job in jobs.values():
-        assert "\n" not in job["reason"] and len(list((store / "incoming" / job["name"]).glob("*.dcm"))) == 1
+        assert "\n" not in job["reason"]
+        assert len(list((store / "incoming" / job["name"]).glob("*.dcm"))) == job["instances"]
 
 
 def pdf_document() -> Dataset:

@@ -189,7 +189,15 @@ class JobQueue:
             self._save(self._new_job(folder.name, header, now) | {"instances": self._count(folder.name)})
             notes.append(f"series {header['series_uid']}: instances without a job record, queued")
         for job in self.where.read_jobs():
-            if job["state"] == "running":
+            count = self._count(job["name"])
+            if job["state"] in FINISHED and count != job["instances"]:
+                # an instance written just before a kill, its record not: the series changed
+                with self._lock:
+                    self._save(self._reopened(job, time.time()) | {"instances": count})
+                notes.append(
+                    f"series {job['series_uid']}: {count - job['instances']} instance(s) more, runs again"
+                )
+            elif job["state"] == "running":
                 notes.append(f"series {job['series_uid']}: interrupted while running, runs again")
             elif job["state"] == "sending":
                 with self._lock:
