@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.conftest import HIPPOCAMPUS_BUNDLE, REPO_ROOT, require, run_cli
-from tests.dicom_helpers import HIPPOCAMPUS_IMAGE, PATIENT_ID, PATIENT_NAME
+from tests.dicom_helpers import HIPPOCAMPUS_IMAGE, PATIENT_ID, PATIENT_NAME, write_scanner_study
 from tests.orthanc_server import (
     INSTALL_HINT,
     OrthancServer,
@@ -37,6 +37,7 @@ from tests.orthanc_server import (
     orthanc_server,
 )
 from unet_monai.dicom.pacs import DicomWebPacs, PacsError, c_store
+from unet_monai.dicom.selection import parse_rules
 from unet_monai.dicom.write_series import write_series
 from unet_monai.node import queue as node_queue
 from unet_monai.node.queue import NodeBusyError
@@ -253,6 +254,34 @@ def test_non_image_series_are_stored_and_skipped_with_a_reason(tmp_path: Path) -
     for job in jobs.values():
         assert "\n" not in job["reason"]
         assert len(list((store / "incoming" / job["name"]).glob("*.dcm"))) == job["instances"]
+
+
+def test_series_rules_skip_a_localizer_and_what_the_rules_file_leaves_out(tmp_path: Path) -> None:
+    """The default rule and a --rules file decide per series before any inference: a scanner's tri-plane
+    localizer and a volume no selection matches are stored and skipped, each with its reason."""
+    study = tmp_path / "study"
+    write_scanner_study(require(HIPPOCAMPUS_IMAGE), study)
+    localizer = sorted(study.glob("loc*.dcm"))
+    volume = write_series(
+        np.random.default_rng(0).integers(0, 300, size=(16, 16, 8)).astype(np.float32),
+        np.diag([1.0, 1.0, 2.0, 1.0]),
+        tmp_path / "t1",
+        series_description="T1 axial",
+    )
+    rules = parse_rules({"selections": [{"name": "T2 only", "conditions": {"SeriesDescription": "(?i)t2"}}]})
+    store = tmp_path / "store"
+    with Node(node_settings(store, settle_seconds=0.2, rules=rules)) as node:
+        c_store([*localizer, *volume], "127.0.0.1", node.port, NODE_AET, calling_aet=SENDER_AET)
+        wait_for(
+            lambda: len([j for j in node_status(store)["jobs"] if j["state"] == "skipped"]) == 2,
+            20,
+            "both skipped",
+            store,
+        )
+    reasons = {job["series_uid"]: job["reason"] for job in node_status(store)["jobs"]}
+    assert "a localizer (ImageType LOCALIZER)" in reasons[uids(localizer[0])[1]]
+    assert "matches no selection of rules" in reasons[uids(volume[0])[1]]
+    assert not list((store / "output").rglob("*.dcm"))
 
 
 def pdf_document() -> Dataset:

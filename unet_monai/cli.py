@@ -11,6 +11,7 @@ import argparse
 import inspect
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -366,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--seg-type", choices=["binary", "labelmap"], default="binary", help="DICOM SEG type (default binary)"
     )
+    _add_selection_options(serve, "")
     serve.set_defaults(job=jobs.serve)
 
     node_status = commands.add_parser(
@@ -470,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     keeps its traceback; ``--debug`` (or ``UNET_MONAI_DEBUG=1``) shows the traceback of every error."""
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    # With the deploy extra, `import monai` loads Holoscan, which warns about the stack size on import;
+    # nothing of Holoscan runs in these commands.
+    warnings.filterwarnings("ignore", message="Current stack size .* below the recommended minimum")
     try:
         return run_job(args.job, args)
     except SystemExit as exit_:

@@ -582,6 +582,8 @@ def serve(
     checkpoint: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     seg_type: str = "binary",
+    rules: str | None = None,
+    description: str | None = None,
 ) -> int:
     """A listening DICOM node on ``host:port`` until SIGTERM / SIGINT (:mod:`unet_monai.node`)."""
     from unet_monai.node.serve import run_node
@@ -603,6 +605,8 @@ def serve(
         overrides=dict(overrides or {}),
         seg_type=seg_type,
         job_error=JobError,
+        rules=rules,
+        description=description,
     )
 
 

@@ -56,9 +56,12 @@ def run_node(
     overrides: dict[str, Any],
     seg_type: str,
     job_error: type[Exception],
+    rules: str | None = None,
+    description: str | None = None,
 ) -> int:
     """Check everything a node needs (one ``job_error`` line if not), then serve until a signal."""
     from unet_monai.dicom.infer import parse_node
+    from unet_monai.dicom.selection import check_description, load_rules
     from unet_monai.node.queue import NodeBusyError
     from unet_monai.node.server import Node, NodeSettings
     from unet_monai.node.worker import WorkerSettings
@@ -94,6 +97,11 @@ def run_node(
         raise job_error(f"--peer: {error}") from None
     if stow is not None and not stow.startswith(("http://", "https://")):
         raise job_error(f"--stow {stow!r}: a DICOMweb URL starts with http:// or https://")
+    try:
+        check_description(description)
+        selection_rules = load_rules(rules) if rules is not None else None
+    except ValueError as error:
+        raise job_error(str(error)) from None
     root = Path(store).resolve()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -104,6 +112,8 @@ def run_node(
         checkpoint=weights if checkpoint is not None else None,
         overrides=overrides,
         seg_type=seg_type,
+        rules=selection_rules,
+        description=description,
         peer=destination,
         stow_url=stow,
         aet=aet,

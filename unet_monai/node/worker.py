@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from unet_monai.dicom.selection import SelectionRules
 from unet_monai.dicom.series import DicomSeriesError, shown
 from unet_monai.io import error_line
 from unet_monai.node.queue import JobQueue
@@ -25,9 +26,6 @@ from unet_monai.node.queue import JobQueue
 __all__ = ["WorkerSettings", "process_next", "public_url"]
 
 logger = logging.getLogger(__name__)
-
-# read_series' message for a folder holding no image (until dicom.selection raises NoSeriesToSegment).
-NO_IMAGE_SERIES = "no DICOM image series found"
 
 
 @dataclass
@@ -38,6 +36,8 @@ class WorkerSettings:
     checkpoint: Path | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     seg_type: str = "binary"
+    rules: SelectionRules | None = None  # which series to segment, beside the default rule
+    description: str | None = None  # a regex the SeriesDescription must match
     peer: tuple[str, int, str] | None = None  # C-STORE destination (host, port, AE title)
     stow_url: str | None = None  # STOW-RS destination
     aet: str = "UNET_MONAI"  # our AE title, as the calling AE of C-STOREs
@@ -90,13 +90,12 @@ def _segment(queue: JobQueue, job: dict[str, Any], settings: WorkerSettings) -> 
             checkpoint=settings.checkpoint,
             overrides=dict(settings.overrides),
             seg_type=settings.seg_type,
+            rules=settings.rules,
+            description=settings.description,
         )
     except NoSeriesToSegment as error:
         outcome = {"state": "skipped", "reason": error_line(error)}
-    except DicomSeriesError as error:
-        skipped = NO_IMAGE_SERIES in str(error)
-        outcome = {"state": "skipped" if skipped else "failed", "reason": error_line(error)}
-    except (ValueError, OSError) as error:
+    except (DicomSeriesError, ValueError, OSError) as error:
         outcome = {"state": "failed", "reason": error_line(error)}
     except Exception as error:  # noqa: BLE001 - the worker survives any job; the record says what it was
         logger.debug("series %s failed", job["series_uid"], exc_info=True)
