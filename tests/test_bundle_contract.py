@@ -208,7 +208,7 @@ DEFECTS = {
     "train handler by reference": (
         "train.json",
         lambda c: c["train"]["handlers"].append("@validate#best_saver"),
-        "configs/train.json: train#handlers#7 is '@validate#best_saver', not a component",
+        "configs/train.json: train#handlers#8 is '@validate#best_saver', not a component",
     ),
     "epochs not from max_epochs": (
         "train.json",
@@ -223,7 +223,7 @@ DEFECTS = {
     "resume without settings": (
         "train.json",
         _resume_without_settings,
-        "configs/train.json: train#handlers#6#save_dict: no 'settings': '@training_settings'",
+        "configs/train.json: train#handlers#7#save_dict: no 'settings': '@training_settings'",
     ),
     "setting only in train.json": (
         "train.json",

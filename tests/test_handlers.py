@@ -1,4 +1,5 @@
-"""PlainTensorBatches: training batches without MONAI metadata, validation batches with it."""
+"""PlainTensorBatches: training batches without MONAI metadata, validation batches with it.
+SkipNonFiniteSteps: a step with NaN gradients is skipped."""
 
 from __future__ import annotations
 
@@ -81,3 +82,42 @@ def test_untracked_worker_init_turns_metadata_off_in_workers_and_seeds_them_apar
     # items 2k and 2k + 1 go to workers 0 and 1: seeded alike, every such pair would be the same crop
     assert any(crops[2 * k] != crops[2 * k + 1] for k in range(4))
     assert get_track_meta()
+
+
+def test_a_step_with_nan_gradients_is_skipped_and_the_weights_stay_finite() -> None:
+    """MONAI's SupervisedTrainer with a loss that is NaN on its second iteration: that step is skipped
+    (counted, the weights as before it), the others update the weights."""
+    import torch
+    from monai.engines import SupervisedTrainer
+    from monai.engines.utils import IterationEvents
+
+    from unet_monai.handlers import SkipNonFiniteSteps
+
+    torch.manual_seed(0)
+    network = torch.nn.Linear(4, 1)
+    items = [{"image": torch.randn(4), "label": torch.randn(1)} for _ in range(3)]
+    calls = {"n": 0}
+
+    def loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        value = ((prediction - target) ** 2).mean()
+        return value * float("nan") if calls["n"] == 2 else value
+
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=DataLoader(Dataset(items), batch_size=1),
+        network=network,
+        optimizer=torch.optim.AdamW(network.parameters(), lr=0.1),
+        loss_function=loss,
+        train_handlers=[SkipNonFiniteSteps()],
+    )
+    weights = [network.weight.detach().clone()]  # at the start, then after each iteration's step
+    trainer.add_event_handler(
+        IterationEvents.MODEL_COMPLETED, lambda e: weights.append(network.weight.detach().clone())
+    )
+    trainer.run()
+    assert trainer.state.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in network.parameters())
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[2], weights[3])  # steps 1, 3
+    assert torch.equal(weights[1], weights[2])  # step 2 skipped

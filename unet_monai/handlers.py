@@ -37,6 +37,7 @@ never missing or half-written either.
 from __future__ import annotations
 
 import io
+import logging
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -53,6 +54,45 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from unet_monai.distributed import found_on_every_rank
 from unet_monai.io import atomic_output
 from unet_monai.networks.ensemble import AxisEnsemble, load_member_checkpoints
+
+
+class SkipNonFiniteSteps:
+    """Skip a training step whose gradients are not finite (NaN / Inf), as AMP's ``GradScaler`` does.
+
+    CPU bfloat16 autocast (``BFloat16Inferer``) can give a NaN weight gradient where float32 gives a
+    finite one: with torch 2.13 on this CPU, the 3D bundle's tiny test network (4 features, 16^3 patches)
+    got one in 3 of 200 random batches, always in a 3D convolution on 4x4x4 feature maps, and a single
+    such step leaves every weight NaN for good. After the backward pass, if any gradient is not finite,
+    this handler drops that iteration's gradients (the optimiser skips parameters without one), logs a
+    warning naming the iteration, and counts it in ``engine.state.skipped_steps``. With ``amp`` on (CUDA)
+    the engine's own ``GradScaler`` already skips such steps, and this handler does nothing.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        from monai.engines.utils import IterationEvents
+
+        engine.state.skipped_steps = 0
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self.check)
+
+    def check(self, engine: Engine) -> None:
+        if getattr(engine, "amp", False):
+            return
+        gradients = [
+            parameter
+            for group in engine.optimizer.param_groups
+            for parameter in group["params"]
+            if parameter.grad is not None
+        ]
+        if not gradients or bool(torch.stack([torch.isfinite(p.grad).all() for p in gradients]).all()):
+            return
+        for parameter in gradients:
+            parameter.grad = None
+        engine.state.skipped_steps = getattr(engine.state, "skipped_steps", 0) + 1
+        logging.getLogger(__name__).warning(
+            "iteration %d: gradients not finite (NaN / Inf); step skipped (%d so far)",
+            engine.state.iteration,
+            engine.state.skipped_steps,
+        )
 
 
 class PlainTensorBatches:

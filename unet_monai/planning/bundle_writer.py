@@ -258,6 +258,7 @@ def _train_section() -> dict[str, Any]:
         "postprocessing": {"_target_": "Compose", "transforms": []},
         "handlers": [
             {"_target_": "unet_monai.handlers.PlainTensorBatches"},
+            {"_target_": "unet_monai.handlers.SkipNonFiniteSteps"},
             {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
             {"_target_": "unet_monai.handlers.StopAfter", "minutes": "@time_limit_minutes"},
             {
