@@ -40,6 +40,16 @@ def test_app_folder_rules_are_the_default_rules() -> None:
     assert json.loads(load_rules(RULES)) == DEFAULT_RULES
 
 
+def test_bad_rules_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    from unet_monai.deploy.app import load_rules
+    from unet_monai.dicom.selection import RulesError
+
+    path = tmp_path / "rules.json"
+    path.write_text('{"selections": [{"name": "T1", "conditions": {"SeriesDescription": "(t1"}}]}')
+    with pytest.raises(RulesError, match=r"rules.json: selection 1 'T1': SeriesDescription: bad regular"):
+        load_rules(path)
+
+
 def test_model_path_is_a_bundle_or_a_folder_holding_one(tmp_path: Path) -> None:
     from unet_monai.deploy.app import bundle_folder
 

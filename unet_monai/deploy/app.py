@@ -25,6 +25,7 @@ from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSel
 
 from unet_monai.deploy.descriptions import model_info, segment_descriptions
 from unet_monai.deploy.operator import INPUT_SERIES, OUTPUT_MASK, BundleSegmentationOperator
+from unet_monai.dicom import selection
 from unet_monai.dicom.infer import bundle_metadata
 
 RULES_ENV = "UNET_MONAI_RULES"
@@ -42,21 +43,13 @@ SERIES_DESCRIPTION = "unet-monai segmentation (MONAI Deploy)"
 
 def load_rules(path: str | Path | None = None) -> str:
     """The selection rules as the selector's JSON text: from ``$UNET_MONAI_RULES``, else ``path``, else
-    :data:`DEFAULT_RULES`; a file without a ``selections`` list is a one-line ValueError naming it."""
+    :data:`DEFAULT_RULES`; a file is checked as ``unet-monai infer --rules`` checks it (a one-line
+    :class:`unet_monai.dicom.selection.RulesError` naming the file and the selection)."""
     chosen = os.environ.get(RULES_ENV) or path
     if chosen is None:
         return json.dumps(DEFAULT_RULES)
-    try:
-        rules = json.loads(Path(chosen).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{chosen}: cannot read the selection rules ({error})") from None
-    if (
-        not isinstance(rules, dict)
-        or not isinstance(rules.get("selections"), list)
-        or not rules["selections"]
-    ):
-        raise ValueError(f"{chosen}: selection rules need a non-empty 'selections' list")
-    return json.dumps(rules)
+    checked = selection.load_rules(chosen)
+    return json.dumps({"selections": [{"name": n, "conditions": c} for n, c in checked.selections]})
 
 
 def bundle_folder(model_path: str | Path) -> Path:
