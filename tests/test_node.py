@@ -422,3 +422,23 @@ def test_peer_down_is_retried_with_back_off_and_delivered_once_up(tmp_path: Path
         with storage_peer(port, "PEER") as received:
             done = wait_for(lambda: job_in(store, series_uid, "done"), 30, "delivered", store)
     assert received == [done["seg_sop_instance_uid"]] and done["sends"] == 1 and done["runs"] == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--set", "no_such_id=1"], "no_such_id"),
+        (["--checkpoint", "missing.pt"], "missing.pt"),
+        (["--rules", "missing_rules.json"], "missing_rules.json: no such rules file"),
+        (["--description", "(t1"], "--description '(t1': bad regular expression"),
+        (["--max-queue", "0"], "--max-queue: must be at least 1"),
+    ],
+)
+def test_bad_serve_options_stop_before_listening(
+    extra: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Overrides, weights and rules are checked as infer checks them, before the node listens: one line."""
+    args = ["serve", "--bundle", str(HIPPOCAMPUS_BUNDLE), "--store", str(tmp_path / "store")]
+    code, out, err = run_cli([*args, "--allow-aet", "any", "--port", "0", *extra], capsys)
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+    assert "listening" not in out and not (tmp_path / "store" / "node.json").exists()

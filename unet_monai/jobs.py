@@ -585,9 +585,15 @@ def serve(
     rules: str | None = None,
     description: str | None = None,
 ) -> int:
-    """A listening DICOM node on ``host:port`` until SIGTERM / SIGINT (:mod:`unet_monai.node`)."""
+    """A listening DICOM node on ``host:port`` until SIGTERM / SIGINT (:mod:`unet_monai.node`).
+
+    Before it listens, the weights are loaded into the bundle's network with the overrides, as ``infer``
+    does: a bad ``--set`` or checkpoint stops here in one line, and MONAI is imported once, not while the
+    first series waits."""
     from unet_monai.node.serve import run_node
 
+    check_bundle(bundle, "inference")
+    check_checkpoints(bundle, [Path(checkpoint)] if checkpoint else [], dict(overrides or {}))
     return run_node(
         bundle=bundle,
         store=store,

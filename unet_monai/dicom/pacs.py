@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -494,6 +495,10 @@ def c_store(
         if association.is_rejected:
             raise PacsError(f"C-STORE association to {node} rejected (calling AE {calling_aet})")
         raise PacsError(_association_failure(messages, node, calling_aet, timeout, connect_timeout))
+    # Nagle's algorithm off: pynetdicom writes a C-STORE's command and data set apart, and with Nagle on
+    # the last piece waits for the peer's delayed ACK (~40 ms): 51 ms per instance to a pynetdicom SCP on
+    # loopback, 8 ms without it.
+    association.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     result = StoreResult(url=f"dicom://{node}")
     try:
         for message_id, (item, sop_class, sop_uid, _) in enumerate(instances, start=1):
