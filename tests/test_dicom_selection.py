@@ -16,6 +16,7 @@ from tests.dicom_helpers import HIPPOCAMPUS_IMAGE, PATIENT_ID, PATIENT_NAME, wri
 from tests.orthanc_server import OrthancServer
 from unet_monai.dicom.pacs import DicomWebPacs
 from unet_monai.dicom.selection import (
+    Criteria,
     NoSeriesToSegment,
     RulesError,
     accepted_modalities,
@@ -76,14 +77,16 @@ def test_default_rule_reasons(tmp_path: Path) -> None:
     array = np.ones((16, 16, 3), dtype=np.float32)
     write_series(array, np.eye(4), tmp_path, series_description="3 slices", study_uid=study, name_prefix="s_")
     with pytest.raises(NoSeriesToSegment) as skipped:
-        choose_series(tmp_path, modalities=MR)
+        choose_series(tmp_path, Criteria(modalities=MR))
     message = str(skipped.value)
     assert "\n" not in message and str(tmp_path) in message
     assert f"skipped {ct} (CT, 'CT abdomen', 8 files): modality CT; the bundle takes MR" in message
     assert "(MR, '3 slices', 3 files): 3 slice(s); a volume needs at least 5" in message
     # A bundle naming no DICOM modality takes any; the CT volume is then the only candidate.
-    assert choose_series(tmp_path, modalities=frozenset()).series.series_uid == ct
-    assert choose_series(tmp_path, modalities=MR, series_uid=ct).reason == "the series UID asked for"
+    assert choose_series(tmp_path, Criteria(modalities=frozenset())).series.series_uid == ct
+    assert (
+        choose_series(tmp_path, Criteria(modalities=MR, series_uid=ct)).reason == "the series UID asked for"
+    )
 
 
 def test_non_parallel_slices_are_not_a_volume(
@@ -96,7 +99,7 @@ def test_non_parallel_slices_are_not_a_volume(
         ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
         ds.save_as(tmp_path / path.name)
     with pytest.raises(NoSeriesToSegment, match=r"'Localizer', 3 files\): slices in 3 orientations"):
-        choose_series(tmp_path, modalities=MR)
+        choose_series(tmp_path, Criteria(modalities=MR))
 
 
 def test_rules_file_and_description_choose_between_volumes(
@@ -107,7 +110,7 @@ def test_rules_file_and_description_choose_between_volumes(
     t1 = _volume(tmp_path / "in", "T1 axial", study_uid=study, name_prefix="t1_")
     t2 = _volume(tmp_path / "in", "T2 axial", study_uid=study, name_prefix="t2_")
     with pytest.raises(DicomSeriesError, match="2 series match the rules ambiguously") as ambiguous:
-        choose_series(tmp_path / "in", modalities=MR)
+        choose_series(tmp_path / "in", Criteria(modalities=MR))
     assert "\n" not in str(ambiguous.value) and t1 in str(ambiguous.value) and t2 in str(ambiguous.value)
 
     rules = {
@@ -131,17 +134,17 @@ def test_rules_file_and_description_choose_between_volumes(
     }
     path = tmp_path / "rules.json"
     path.write_text(json.dumps(rules))
-    selection = choose_series(tmp_path / "in", rules=load_rules(path), modalities=MR)
+    selection = choose_series(tmp_path / "in", Criteria(rules=load_rules(path), modalities=MR))
     assert selection.series.series_uid == t2 and selection.reason == f"selection 'T2' of {path}"
     assert [(info.series_uid, reason) for info, reason in selection.skipped] == [
         (t1, f"not matched by selection 'T2' of {path}")
     ]
-    assert choose_series(tmp_path / "in", description="T1", modalities=MR).series.series_uid == t1
+    assert choose_series(tmp_path / "in", Criteria(description="T1", modalities=MR)).series.series_uid == t1
 
     args = ["infer", "--bundle", str(HIPPOCAMPUS_BUNDLE), "--input", str(tmp_path / "in")]
     nothing = parse_rules({"selections": [{"name": "PET", "conditions": {"Modality": "PT"}}]})
     with pytest.raises(NoSeriesToSegment, match="matches no selection of rules"):
-        choose_series(tmp_path / "in", rules=nothing, modalities=MR)
+        choose_series(tmp_path / "in", Criteria(rules=nothing, modalities=MR))
     code, _, err = run_cli([*args, "--output", str(tmp_path / "o1"), "--description", "T3"], capsys)
     assert code == 2 and "no series to segment (description=T3)" in err and "\n" not in err.strip()
     assert not (tmp_path / "o1").exists()

@@ -31,6 +31,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from unet_monai.dicom.selection import (
+    Criteria,
     SelectionRules,
     accepted_modalities,
     check_description,
@@ -250,14 +251,8 @@ def segment_dicom(
     metadata = bundle_metadata(bundle)
     if rules is not None and not isinstance(rules, SelectionRules):
         rules = load_rules(rules)
-    selection = choose_series(
-        input_folder,
-        rules=rules,
-        series_uid=series_uid,
-        modality=modality,
-        description=description,
-        modalities=accepted_modalities(metadata),
-    )
+    criteria = Criteria(rules, series_uid, modality, description, accepted_modalities(metadata))
+    selection = choose_series(input_folder, criteria)
     volume = read_series_info(selection.series)
     if "seg" in chosen:
         _check_uids_for_seg(volume, input_folder)

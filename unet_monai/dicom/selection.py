@@ -275,32 +275,43 @@ def check_description(description: str | None) -> None:
             raise ValueError(f"--description {description!r}: bad regular expression ({error})") from None
 
 
-def choose_from(
-    series: Sequence[SeriesInfo],
-    folder: str | Path,
-    *,
-    rules: SelectionRules | None = None,
-    series_uid: str | None = None,
-    modality: str | None = None,
-    description: str | None = None,
-    modalities: frozenset[str] = frozenset(),
-    min_slices: int = MIN_VOLUME_SLICES,
-) -> Selection:
-    """The one series of ``series`` the rules leave (see the module docstring), and why."""
-    check_description(description)
+@dataclass(frozen=True)
+class Criteria:
+    """What decides the series: a rules file, explicit conditions (``description`` is a regex), the
+    modalities the bundle takes (empty: any) and the fewest slices a volume has."""
+
+    rules: SelectionRules | None = None
+    series_uid: str | None = None
+    modality: str | None = None
+    description: str | None = None
+    modalities: frozenset[str] = frozenset()
+    min_slices: int = MIN_VOLUME_SLICES
+
+    def asked(self) -> str:
+        """The explicit conditions given, for a message (empty when none)."""
+        given = {"series_uid": self.series_uid, "modality": self.modality, "description": self.description}
+        return ", ".join(f"{key}={shown(value)}" for key, value in given.items() if value is not None)
+
+
+def choose_from(series: Sequence[SeriesInfo], folder: str | Path, criteria: Criteria) -> Selection:
+    """The one series of ``series`` the criteria leave (see the module docstring), and why."""
+    check_description(criteria.description)
     skipped: list[tuple[SeriesInfo, str]] = []
     candidates: list[SeriesInfo] = []
     for info in series:
-        reason = _explicit(info, series_uid, modality, description)
-        if reason is None and series_uid is None:
-            reason = default_skip_reason(info, modalities, min_slices)
+        reason = _explicit(info, criteria.series_uid, criteria.modality, criteria.description)
+        if reason is None and criteria.series_uid is None:
+            reason = default_skip_reason(info, criteria.modalities, criteria.min_slices)
         if reason is None:
             candidates.append(info)
         else:
             skipped.append((info, reason))
-    why = "the only series the default rule leaves"
-    if series_uid is not None:
-        why = "the series UID asked for"
+    why = (
+        "the series UID asked for"
+        if criteria.series_uid is not None
+        else "the only series the default rule leaves"
+    )
+    rules = criteria.rules
     if rules is not None and candidates:
         for name, conditions in rules.selections:
             chosen = [info for info in candidates if matches_selection(info, conditions)]
@@ -314,9 +325,8 @@ def choose_from(
             candidates = []
     listed = "; ".join(f"skipped {info.summary()}: {reason}" for info, reason in skipped) or "no image series"
     if not candidates:
-        asked = {"series_uid": series_uid, "modality": modality, "description": description}
-        wanted = ", ".join(f"{key}={shown(value)}" for key, value in asked.items() if value is not None)
-        raise NoSeriesToSegment(f"{folder}: no series to segment{f' ({wanted})' if wanted else ''}; {listed}")
+        asked = f" ({criteria.asked()})" if criteria.asked() else ""
+        raise NoSeriesToSegment(f"{folder}: no series to segment{asked}; {listed}")
     if len(candidates) > 1:
         names = "; ".join(info.summary() for info in candidates)
         raise DicomSeriesError(
@@ -326,16 +336,7 @@ def choose_from(
     return Selection(candidates[0], why, skipped)
 
 
-def choose_series(
-    folder: str | Path,
-    *,
-    rules: SelectionRules | None = None,
-    series_uid: str | None = None,
-    modality: str | None = None,
-    description: str | None = None,
-    modalities: frozenset[str] = frozenset(),
-    min_slices: int = MIN_VOLUME_SLICES,
-) -> Selection:
+def choose_series(folder: str | Path, criteria: Criteria | None = None) -> Selection:
     """Scan ``folder`` (recursively) and pick the one series to segment; log what was taken and skipped."""
     skipped_files: list[SkippedFile] = []
     series = find_series(folder, skipped_files)
@@ -343,16 +344,7 @@ def choose_series(
     if not series:
         more = f" ({len(skipped_files)} file(s) skipped: {files})" if skipped_files else ""
         raise NoSeriesToSegment(f"{folder}: no DICOM image series found{more}")
-    selection = choose_from(
-        series,
-        folder,
-        rules=rules,
-        series_uid=series_uid,
-        modality=modality,
-        description=description,
-        modalities=modalities,
-        min_slices=min_slices,
-    )
+    selection = choose_from(series, folder, criteria or Criteria())
     selection.skipped_files = skipped_files
     log_selection(selection)
     return selection
