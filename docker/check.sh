@@ -6,7 +6,8 @@
 #      the image's root, then the same docker/install.sh steps into a fresh venv;
 #   4. the image's entry points from its WORKDIR: `unet-monai --help` (ENTRYPOINT + CMD), a one-epoch
 #      `unet-monai train` of a bundle on synthetic volumes, and `python -m monai.bundle run` of the
-#      bundle's inference.json with that checkpoint (`docker run --entrypoint python ...`).
+#      bundle's inference.json with that checkpoint (`docker run --entrypoint python ...`), and the
+#      listening node (`unet-monai serve`) starting, answering node-status and stopping on SIGTERM.
 #
 # The fresh venv sees .venv's packages through a .pth file, as the CUDA image's base brings torch:
 # install.sh's torch step then finds TORCH_SPEC installed (run with PIP_NO_INDEX: pip downloads nothing),
@@ -106,5 +107,16 @@ python -m monai.bundle run --config_file bundles/hippocampus_unet2d/configs/infe
     --dataset_dir "$data/imagesTr" --output_dir "$output/masks" 2>&1 | tail -n 2
 masks=$(find "$output/masks" -name '*_seg.nii.gz' | wc -l)
 [ "$masks" -eq 4 ] || { echo "docker-check: expected 4 masks, found $masks" >&2; exit 1; }
+
+step "unet-monai serve (the listening node, shipped weights) answers node-status, stops on SIGTERM"
+unet-monai serve --bundle bundles/hippocampus_unet2d --store "$output/node" --port 0 --allow-aet any \
+    > "$output/serve.log" 2>&1 &
+node_pid=$!
+for _ in $(seq 120); do grep -q "^listening" "$output/serve.log" && break; sleep 0.5; done
+grep -q "^listening" "$output/serve.log" || { cat "$output/serve.log" >&2; exit 1; }
+unet-monai node-status --store "$output/node" | head -n 1
+kill -TERM "$node_pid"
+wait "$node_pid"
+grep -q "^stopped" "$output/serve.log"
 
 step "passed"

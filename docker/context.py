@@ -13,12 +13,21 @@ import shutil
 import sys
 from pathlib import Path
 
+# What .dockerignore lets back in under bundles/*/models: the weights the bundles ship (large_files.yml).
+SHIPPED_WEIGHTS = ("hippocampus_unet2d/models/model.pt", "hippocampus_unet3d/models/model.pt")
+
 
 def _ignored(folder: str, names: list[str]) -> set[str]:
-    """What .dockerignore keeps out of the folders the images copy: caches, a bundle's outputs."""
+    """What .dockerignore keeps out of the folders the images copy: caches, a bundle's outputs (its
+    models folder holds only the weights it ships)."""
     ignored = {name for name in names if name == "__pycache__" or name.endswith(".pyc")}
+    here = Path(folder)
     if "configs" in names:  # a bundle folder
-        ignored |= {"models", "eval", "runs"} & set(names)
+        ignored |= {"eval", "runs"} & set(names)
+        if not any(shipped.startswith(f"{here.name}/models/") for shipped in SHIPPED_WEIGHTS):
+            ignored |= {"models"} & set(names)
+    if here.name == "models" and (here.parent / "configs").is_dir():
+        ignored |= {name for name in names if f"{here.parent.name}/models/{name}" not in SHIPPED_WEIGHTS}
     return ignored
 
 

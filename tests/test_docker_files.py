@@ -16,6 +16,7 @@ from types import ModuleType
 import pytest
 
 from tests.conftest import REPO_ROOT
+from unet_monai.shipped import listed_files
 
 DOCKER = REPO_ROOT / "docker"
 DOCKERFILES = [DOCKER / "Dockerfile.cpu", DOCKER / "Dockerfile.cuda"]
@@ -112,7 +113,9 @@ def test_copy_steps_give_install_sh_a_buildable_project(dockerfile: Path, tmp_pa
     assert wanted and all((project / name / "__init__.py").is_file() for name in wanted)
     bundles = tmp_path / WORKDIR.lstrip("/") / "bundles"
     assert (bundles / "hippocampus_unet2d" / "configs" / "inference.json").is_file()
-    assert not list(tmp_path.rglob("__pycache__")) and not list(bundles.glob("*/models"))
+    assert not list(tmp_path.rglob("__pycache__"))
+    shipped = sorted(str(p.relative_to(bundles)) for p in bundles.glob("*/models/*"))
+    assert shipped == sorted(context.SHIPPED_WEIGHTS)  # the shipped weights, no other model file
 
 
 def test_cpu_image_pins_the_makefiles_torch_from_the_cpu_index() -> None:
@@ -143,6 +146,15 @@ def test_dockerignore_keeps_outputs_out_and_copied_sources_in() -> None:
         for sources, _ in context.copies(dockerfile):
             for source in sources:
                 assert not any(Path(source).match(p) for p in patterns), f"{source} copied but ignored"
+    # The weights the bundles ship (large_files.yml) are let back in, and only those.
+    shipped = {
+        f"{bundle.name}/{path}"
+        for bundle in sorted((REPO_ROOT / "bundles").iterdir())
+        for path in listed_files(bundle)
+        if (bundle / path).is_file()
+    }
+    assert {p.removeprefix("!bundles/") for p in patterns if p.startswith("!")} == shipped
+    assert set(context.SHIPPED_WEIGHTS) == shipped
 
 
 def test_install_script_refuses_bad_arguments_with_one_clear_line(tmp_path: Path) -> None:
