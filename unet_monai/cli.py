@@ -59,6 +59,15 @@ def run_job(job: Callable[..., int], args: argparse.Namespace) -> int:
     return job(**{name: values[name] for name in parameters if name in values})
 
 
+def _add_seg_options(command: argparse.ArgumentParser, set_help: str) -> None:
+    """--checkpoint (one file), --set and --seg-type: how a DICOM series becomes a SEG."""
+    command.add_argument("--checkpoint", help=f"weights to use (default BUNDLE/{jobs.DEFAULT_CHECKPOINT})")
+    command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    command.add_argument(
+        "--seg-type", choices=["binary", "labelmap"], default="binary", help="DICOM SEG type (default binary)"
+    )
+
+
 def _add_selection_options(command: argparse.ArgumentParser, prefix: str) -> None:
     """--description and --rules: which series of a study to segment, beside the default rule."""
     command.add_argument(
@@ -190,11 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     pacs.add_argument("--modality", help="only series of this modality (e.g. MR)")
     pacs.add_argument("--series-uid", help="the SeriesInstanceUID to segment")
     _add_selection_options(pacs, "")
-    pacs.add_argument("--checkpoint", help=f"weights to use (default BUNDLE/{jobs.DEFAULT_CHECKPOINT})")
-    pacs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    pacs.add_argument(
-        "--seg-type", choices=["binary", "labelmap"], default="binary", help="DICOM SEG type (default binary)"
-    )
+    _add_seg_options(pacs, set_help)
     pacs.add_argument("--c-store", metavar="HOST:PORT:AET", help="store the SEG by C-STORE to this node")
     pacs.add_argument("--work", metavar="DIR", help="keep the pulled series and the SEG in this folder")
     pacs.add_argument(
@@ -362,11 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="wait before resending a SEG a peer refused, doubled each try up to 10 minutes (default 10)",
     )
-    serve.add_argument("--checkpoint", help=f"weights to use (default BUNDLE/{jobs.DEFAULT_CHECKPOINT})")
-    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    serve.add_argument(
-        "--seg-type", choices=["binary", "labelmap"], default="binary", help="DICOM SEG type (default binary)"
-    )
+    _add_seg_options(serve, set_help)
     _add_selection_options(serve, "")
     serve.set_defaults(job=jobs.serve)
 
