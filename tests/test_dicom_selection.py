@@ -246,3 +246,23 @@ def test_pacs_study_with_a_localizer_needs_no_flags(
     seg = pydicom.dcmread(seg_file, stop_before_pixels=True)
     assert seg_series["SeriesInstanceUID"] == seg.SeriesInstanceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uids["volume"]
+
+
+def test_an_original_series_is_taken_over_a_derived_reformat(tmp_path: Path) -> None:
+    """A scanner's original axial series beside a derived coronal reformat: the original is segmented
+    with no flags, the reformat named as skipped; a rules file can still ask for the reformat."""
+    study = pydicom.uid.generate_uid()
+    original = _volume(tmp_path, "T1 axial", study_uid=study, name_prefix="ax_")
+    reformat = _volume(tmp_path, "T1 MPR coronal", study_uid=study, name_prefix="mpr_")
+    for path in tmp_path.glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"] if path.name.startswith("ax_") else ["DERIVED", "MPR"]
+        ds.save_as(path)
+    selection = choose_series(tmp_path, Criteria(modalities=MR))
+    assert selection.series.series_uid == original
+    assert selection.reason.endswith("; the original series among derived ones")
+    assert [(info.series_uid, reason) for info, reason in selection.skipped] == [
+        (reformat, "a derived series (ImageType not ORIGINAL) beside an original one")
+    ]
+    rules = parse_rules({"selections": [{"name": "MPR", "conditions": {"SeriesDescription": "(?i)mpr"}}]})
+    assert choose_series(tmp_path, Criteria(rules=rules, modalities=MR)).series.series_uid == reformat

@@ -15,7 +15,9 @@ series a bundle can segment, in three steps:
    matches a series decides.
 3. **Explicit conditions** (optional): ``series_uid``, ``modality``, ``description`` (a regex).
 
-One series left is taken; none is :class:`NoSeriesToSegment` (each series' reason in the message);
+When several series are left, an original series (ImageType ORIGINAL) is taken over derived ones (a
+reformat, a map, a subtraction: ImageType DERIVED); a rules file can still select a derived series. One
+series left is taken; none is :class:`NoSeriesToSegment` (each series' reason in the message);
 several is a one-line :class:`DicomSeriesError` listing the candidates (unlike the SDK, which takes
 the first match in file order, a guess here would segment the wrong series silently). Every decision
 is logged with UIDs and descriptions only, never patient attributes.
@@ -142,6 +144,12 @@ def _values(header: Any, keyword: str) -> list[str]:
         return []
     items = value if isinstance(value, (MultiValue, list, tuple)) else [value]
     return [str(v).strip().upper() for v in items]
+
+
+def _first_image_type(info: SeriesInfo) -> str:
+    """The first ImageType value of the series' first instance: ORIGINAL or DERIVED ('' when absent)."""
+    values = _values(info.headers[0], "ImageType") if info.headers else []
+    return values[0] if values else ""
 
 
 def _is_localizer(info: SeriesInfo) -> str | None:
@@ -323,6 +331,13 @@ def choose_from(series: Sequence[SeriesInfo], folder: str | Path, criteria: Crit
         else:
             skipped += [(info, f"matches no selection of {rules.source}") for info in candidates]
             candidates = []
+    if len(candidates) > 1:  # a tie-break, after the rules: an original series over derived ones
+        originals = [info for info in candidates if _first_image_type(info) == "ORIGINAL"]
+        if originals and len(originals) < len(candidates):
+            reason = "a derived series (ImageType not ORIGINAL) beside an original one"
+            skipped += [(info, reason) for info in candidates if all(info is not o for o in originals)]
+            candidates = originals
+            why += "; the original series among derived ones"
     listed = "; ".join(f"skipped {info.summary()}: {reason}" for info, reason in skipped) or "no image series"
     if not candidates:
         asked = f" ({criteria.asked()})" if criteria.asked() else ""
