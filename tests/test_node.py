@@ -382,6 +382,39 @@ def test_disk_full_while_storing_leaves_nothing_half_written(
     assert job["instances"] == 1 and job["state"] == "receiving"
 
 
+def test_disk_full_while_segmenting_is_waited_out_and_the_series_runs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk during the segmentation (as MONAI raises it: wrapped) is not a failed series: the job
+    waits in 'receiving' with the reason and its next try (shown by node-status), then runs again."""
+    from unet_monai.dicom import infer
+
+    store = tmp_path / "store"
+    files = hippocampus_series(tmp_path / "series")
+    real = infer.segment_dicom
+    calls: list[int] = []
+
+    def full_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "seg.dcm")
+            raise RuntimeError("applying transform <SaveImage>") from full
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(infer, "segment_dicom", full_once)
+    with Node(node_settings(store, settle_seconds=0.2, retry_seconds=1.0)) as node:
+        c_store(files, "127.0.0.1", node.port, NODE_AET, calling_aet=SENDER_AET)
+        series_uid = uids(files[0])[1]
+        waiting = wait_for(
+            lambda: job_in(store, series_uid, "receiving") if calls else None, 30, "tried", store
+        )
+        assert "disk full while segmenting" in (waiting["reason"] or "") and waiting["attempts"] == 1
+        assert "disk full while segmenting" in "\n".join(status_lines(node_status(store)))
+        job = wait_for(lambda: job_in(store, series_uid, "done"), 60, "segmented on the second try", store)
+    assert len(calls) == 2 and job["runs"] == 2 and job["seg_sop_instance_uid"]
+    assert len(list((store / "output").rglob("*_seg.dcm"))) == 1
+
+
 @contextmanager
 def storage_peer(port: int, aet: str) -> Iterator[list[str]]:
     """A pynetdicom Storage SCP on ``port`` that keeps the SOP Instance UIDs it is sent."""

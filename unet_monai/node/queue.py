@@ -16,7 +16,8 @@ moment leaves each file whole or absent, never half-written.
 
 A job's ``state``:
 
-* ``receiving``: instances come in; ready once none came for ``settle_seconds``;
+* ``receiving``: instances come in; ready once none came for ``settle_seconds`` (and, after a full disk
+  while segmenting, once ``next_try`` has passed);
 * ``running``: being segmented (found so at start: the node was killed; it runs again);
 * ``sending``: the SEG is written and its SOPInstanceUID recorded; sent to each destination not yet in
   ``delivered``; a failed send waits ``next_try`` (back-off) and stays here; after a restart the SAME
@@ -337,13 +338,19 @@ class JobQueue:
 
     def next_job(self, settle_seconds: float, now: float | None = None) -> dict[str, Any] | None:
         """The job to work on now: an interrupted run first, then a send that is due, then the series
-        whose last instance is oldest among those settled; None when nothing is due."""
+        whose last instance is oldest among those settled (and not waiting out a full disk); None when
+        nothing is due."""
         now = time.time() if now is None else now
         jobs = self.where.read_jobs()
         for state, due in (
             ("running", lambda job: True),
             ("sending", lambda job: (job["next_try"] or 0.0) <= now),
-            ("receiving", lambda job: now - job["last_received"] >= settle_seconds),
+            (
+                "receiving",
+                lambda job: (
+                    now - job["last_received"] >= settle_seconds and (job.get("next_try") or 0.0) <= now
+                ),
+            ),
         ):
             ready = [job for job in jobs if job["state"] == state and due(job)]
             if ready:

@@ -33,7 +33,8 @@ def node_status(store: Path | str) -> dict[str, Any]:
 def _detail(job: dict[str, Any], now: float) -> str:
     state = job["state"]
     if state == "receiving":
-        return f"last instance {age(job['last_received'], now)} ago"
+        waiting = f"; {job['reason']}" if job.get("reason") else ""
+        return f"last instance {age(job['last_received'], now)} ago{waiting}"
     if state == "running":
         return f"run {job['runs']} since {age(job.get('started'), now)}"
     if state == "sending":

@@ -5,7 +5,9 @@ begins (:mod:`unet_monai.node.queue`). The SEG is written (atomically) and its S
 before anything is sent, so a restart resends the same SEG and never makes a second one. A series that is
 not an image series is ``skipped``, one that cannot be segmented ``failed``, each with a one-line reason.
 A send that fails waits (``retry_seconds``, doubled each time up to ``retry_max_seconds``) and is tried
-again; the job stays ``sending`` meanwhile, with the error and the next try in the record.
+again; the job stays ``sending`` meanwhile, with the error and the next try in the record. A full disk
+while segmenting is waited out the same way: the job goes back to ``receiving`` with the reason and its
+next try, and runs again then.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from unet_monai.dicom.selection import SelectionRules
 from unet_monai.dicom.series import DicomSeriesError, shown
-from unet_monai.io import error_line
-from unet_monai.node.queue import JobQueue
+from unet_monai.io import error_line, is_disk_full
+from unet_monai.node.queue import FINISHED, JobQueue
 
 __all__ = ["WorkerSettings", "process_next", "public_url"]
 
@@ -95,11 +97,23 @@ def _segment(queue: JobQueue, job: dict[str, Any], settings: WorkerSettings) -> 
         )
     except NoSeriesToSegment as error:
         outcome = {"state": "skipped", "reason": error_line(error)}
-    except (DicomSeriesError, ValueError, OSError) as error:
-        outcome = {"state": "failed", "reason": error_line(error)}
     except Exception as error:  # noqa: BLE001 - the worker survives any job; the record says what it was
-        logger.debug("series %s failed", job["series_uid"], exc_info=True)
-        outcome = {"state": "failed", "reason": error_line(error, with_type=True)}
+        full = _disk_full(error)
+        if full is not None:  # waited out: the series runs again once the back-off has passed
+            attempts = job["attempts"] + 1
+            wait = min(settings.retry_max_seconds, settings.retry_seconds * 2 ** (attempts - 1))
+            reason = f"disk full while segmenting ({error_line(full)}); next try in {wait:.0f} s"
+            outcome = {
+                "state": "receiving",
+                "reason": reason,
+                "attempts": attempts,
+                "next_try": time.time() + wait,
+            }
+        elif isinstance(error, (DicomSeriesError, ValueError, OSError)):
+            outcome = {"state": "failed", "reason": error_line(error)}
+        else:
+            logger.debug("series %s failed", job["series_uid"], exc_info=True)
+            outcome = {"state": "failed", "reason": error_line(error, with_type=True)}
     else:
         seg = Path(result["files"]["seg"])
         outcome = {
@@ -119,11 +133,21 @@ def _segment(queue: JobQueue, job: dict[str, Any], settings: WorkerSettings) -> 
             logger.info("series %s: new instances came during the run; it runs again", job["series_uid"])
             return
         record.update(outcome)
-        record["finished"] = time.time() if outcome["state"] != "sending" else None
+        record["finished"] = time.time() if outcome["state"] in FINISHED else None
     if outcome["state"] == "sending":
         logger.info("series %s: SEG %s written", job["series_uid"], outcome["seg_sop_instance_uid"])
     else:
         logger.warning("series %s %s: %s", job["series_uid"], outcome["state"], outcome["reason"])
+
+
+def _disk_full(error: BaseException) -> OSError | None:
+    """The disk-full OSError behind ``error`` (MONAI wraps what a transform raises), or None."""
+    current: BaseException | None = error
+    while current is not None:
+        if is_disk_full(current):
+            return current  # type: ignore[return-value]
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _senders(settings: WorkerSettings) -> list[tuple[str, Callable[[Path], list[str]]]]:
@@ -201,7 +225,12 @@ def _send(queue: JobQueue, job: dict[str, Any], settings: WorkerSettings) -> Non
 def _expire(queue: JobQueue, settings: WorkerSettings, now: float) -> None:
     """Fail the series that have been receiving for longer than ``series_timeout`` (never complete)."""
     for job in queue.where.read_jobs():
-        if job["state"] == "receiving" and now - job["first_received"] > settings.series_timeout:
+        waiting_for_disk = (job.get("next_try") or 0.0) > now
+        if (
+            job["state"] == "receiving"
+            and not waiting_for_disk
+            and now - job["first_received"] > settings.series_timeout
+        ):
             with queue.update(job["name"]) as record:
                 if record["state"] != "receiving":
                     continue
