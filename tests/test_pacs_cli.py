@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.conftest import HIPPOCAMPUS_BUNDLE, require, root_log_to_stdout
+from tests.conftest import HIPPOCAMPUS_BUNDLE, require
 from tests.dicom_helpers import (
     HIPPOCAMPUS_IMAGE,
     PATIENT_ID,
@@ -159,8 +159,7 @@ def test_pacs_errors_are_one_line(
     for url, extra, expected in cases:
         args = ["pacs", "--url", url, "--study", study.study_uid, "--bundle", str(HIPPOCAMPUS_BUNDLE)]
         args += ["--checkpoint", str(checkpoint), *extra]
-        with root_log_to_stdout():
-            assert main(args) == 2
+        assert main(args) == 2
         error = capsys.readouterr().err.strip()
         assert expected in error and "\n" not in error
 

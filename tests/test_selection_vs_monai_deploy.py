@@ -85,5 +85,4 @@ def test_conditions_select_the_same_series_as_the_sdk(study: Path, conditions: d
     by_sdk = {str(s.series.SeriesInstanceUID) for found in selected for s in found.selected_series}
     ours = {info.series_uid for info in find_series(study) if matches_selection(info, conditions)}
     assert ours == by_sdk
-    names = {info.series_uid: info.description for info in find_series(study)}
-    assert all(uid in names for uid in ours)  # both chose among the five series written
+    assert sum(len(found.get_all_series()) for found in studies) == len(SERIES)  # the SDK read all five

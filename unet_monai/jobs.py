@@ -593,7 +593,8 @@ def serve(
     from unet_monai.node.serve import run_node
 
     check_bundle(bundle, "inference")
-    check_checkpoints(bundle, [Path(checkpoint)] if checkpoint else [], dict(overrides or {}))
+    weights = check_checkpoints(bundle, [Path(checkpoint)] if checkpoint else [], dict(overrides or {}))
+    checkpoint = weights.get("ckpt_path")  # the file named, resolved; None: the bundle's own
     return run_node(
         bundle=bundle,
         store=store,

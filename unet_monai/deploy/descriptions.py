@@ -8,52 +8,45 @@ a class has none).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from monai.deploy.operators.dicom_seg_writer_operator import SegmentDescription
 from monai.deploy.operators.dicom_utils import ModelInfo
+from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from unet_monai.dicom.seg import ALGORITHM_FAMILY, DEFAULT_CATEGORY, DEFAULT_TYPE, foreground_classes
+from unet_monai.dicom import seg
 
 
-def _code(value: Sequence[str] | None, default: Code, what: str) -> Code:
-    """A pydicom Code from ``[code, scheme, meaning]``, or ``default`` when ``value`` is None."""
-    if value is None:
-        return default
-    if len(value) != 3 or not all(isinstance(part, str) and part for part in value):
-        raise ValueError(f"{what} code must be [code, scheme, meaning] strings, got {value!r}")
-    return Code(value[0], value[1], value[2])
+def _name_version(metadata: dict) -> tuple[str, str]:
+    """The bundle's name and version as DICOM LO values (at most 64 characters)."""
+    return str(metadata.get("name", "unet-monai"))[:64], str(metadata.get("version", "unknown"))[:64]
+
+
+def _code(item: Dataset) -> Code:
+    """A code sequence item (CodeValue, CodingSchemeDesignator, CodeMeaning) as a pydicom Code."""
+    return Code(item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning)
 
 
 def segment_descriptions(metadata: dict) -> list[SegmentDescription]:
-    """One SDK ``SegmentDescription`` per foreground class, in class order (the writer numbers them 1..N)."""
-    mapping = metadata.get("dicom_seg", {})
-    name = str(metadata.get("name", "unet-monai"))[:64]
-    version = str(metadata.get("version", "unknown"))[:64]
-    descriptions = []
-    for number, label in foreground_classes(metadata).items():
-        codes = mapping.get(str(number), {})
-        descriptions.append(
-            SegmentDescription(
-                segment_label=label,
-                segmented_property_category=_code(
-                    codes.get("category"), DEFAULT_CATEGORY, f"class {number} category"
-                ),
-                segmented_property_type=_code(codes.get("type"), DEFAULT_TYPE, f"class {number} type"),
-                algorithm_name=name,
-                algorithm_version=version,
-                algorithm_family=ALGORITHM_FAMILY,
-            )
+    """One SDK ``SegmentDescription`` per segment of :func:`unet_monai.dicom.seg.segment_descriptions`, in
+    class order (the writer numbers them 1..N)."""
+    name, version = _name_version(metadata)
+    return [
+        SegmentDescription(
+            segment_label=segment.SegmentLabel,
+            segmented_property_category=_code(segment.SegmentedPropertyCategoryCodeSequence[0]),
+            segmented_property_type=_code(segment.SegmentedPropertyTypeCodeSequence[0]),
+            algorithm_name=name,
+            algorithm_version=version,
+            algorithm_family=seg.ALGORITHM_FAMILY,
         )
-    return descriptions
+        for segment in seg.segment_descriptions(metadata)
+    ]
 
 
 def model_info(metadata: dict) -> ModelInfo:
     """The SEG's Contributing Equipment item: the bundle's name and version, a UID derived from both."""
-    name = str(metadata.get("name", "unet-monai"))[:64]
-    version = str(metadata.get("version", "unknown"))[:64]
+    name, version = _name_version(metadata)
     return ModelInfo(
         creator="unet-monai", name=name, version=version, uid=generate_uid(entropy_srcs=[name, version])
     )

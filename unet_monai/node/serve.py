@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unet_monai.io import error_line, trained_weights
+from unet_monai.io import error_line
 
 __all__ = ["run_node"]
 
@@ -59,19 +59,15 @@ def run_node(
     rules: str | None = None,
     description: str | None = None,
 ) -> int:
-    """Check everything a node needs (one ``job_error`` line if not), then serve until a signal."""
+    """Check the node's options (one ``job_error`` line if not), then serve until a signal. The bundle, its
+    weights (``checkpoint``: None for the bundle's own) and the overrides are checked by the caller
+    (:func:`unet_monai.jobs.serve`)."""
     from unet_monai.dicom.infer import parse_node
     from unet_monai.dicom.selection import check_description, load_rules
     from unet_monai.node.queue import NodeBusyError
     from unet_monai.node.server import Node, NodeSettings
     from unet_monai.node.worker import WorkerSettings
 
-    if not (Path(bundle) / "configs" / "inference.json").is_file():
-        raise job_error(f"{bundle}: no such bundle (no configs/inference.json)")
-    try:
-        weights = trained_weights(Path(bundle).resolve(), checkpoint, overrides)
-    except FileNotFoundError as error:
-        raise job_error(str(error)) from None
     if not allow_aet:
         raise job_error("--allow-aet: name the calling AE titles to accept (repeatable), or --allow-aet any")
     allowed = (
@@ -109,7 +105,7 @@ def run_node(
         raise job_error(f"{root}: cannot make the store ({error_line(error)})") from None
     worker = WorkerSettings(
         bundle=Path(bundle).resolve(),
-        checkpoint=weights if checkpoint is not None else None,
+        checkpoint=Path(checkpoint) if checkpoint is not None else None,
         overrides=overrides,
         seg_type=seg_type,
         rules=selection_rules,

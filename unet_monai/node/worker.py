@@ -72,6 +72,7 @@ def public_url(url: str) -> str:
 
 def _segment(queue: JobQueue, job: dict[str, Any], settings: WorkerSettings) -> None:
     """Run the job's segmentation and record the outcome: sending (SEG written), skipped or failed."""
+    from unet_monai.batch_inference import root_cause
     from unet_monai.dicom.infer import segment_dicom
     from unet_monai.dicom.selection import NoSeriesToSegment
 
@@ -98,8 +99,8 @@ def _segment(queue: JobQueue, job: dict[str, Any], settings: WorkerSettings) -> 
     except NoSeriesToSegment as error:
         outcome = {"state": "skipped", "reason": error_line(error)}
     except Exception as error:  # noqa: BLE001 - the worker survives any job; the record says what it was
-        full = _disk_full(error)
-        if full is not None:  # waited out: the series runs again once the back-off has passed
+        full = root_cause(error)  # MONAI wraps what a transform raises
+        if is_disk_full(full):  # waited out: the series runs again once the back-off has passed
             attempts = job["attempts"] + 1
             wait = min(settings.retry_max_seconds, settings.retry_seconds * 2 ** (attempts - 1))
             reason = f"disk full while segmenting ({error_line(full)}); next try in {wait:.0f} s"
@@ -138,16 +139,6 @@ def _segment(queue: JobQueue, job: dict[str, Any], settings: WorkerSettings) -> 
         logger.info("series %s: SEG %s written", job["series_uid"], outcome["seg_sop_instance_uid"])
     else:
         logger.warning("series %s %s: %s", job["series_uid"], outcome["state"], outcome["reason"])
-
-
-def _disk_full(error: BaseException) -> OSError | None:
-    """The disk-full OSError behind ``error`` (MONAI wraps what a transform raises), or None."""
-    current: BaseException | None = error
-    while current is not None:
-        if is_disk_full(current):
-            return current  # type: ignore[return-value]
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def _senders(settings: WorkerSettings) -> list[tuple[str, Callable[[Path], list[str]]]]:
